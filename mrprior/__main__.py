@@ -1,0 +1,5 @@
+import sys
+
+from mrprior.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""MR physics: FFTs, operators, sampling masks, coil maps, prewhitening, simulation."""
