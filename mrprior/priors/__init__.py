@@ -1,0 +1,1 @@
+"""Image priors: score networks, training, datasets, prior cards, the ℓ1-wavelet prior."""

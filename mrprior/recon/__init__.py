@@ -1,0 +1,1 @@
+"""Reconstruction algorithms: baselines and prior-regularized solvers."""
