@@ -1,0 +1,219 @@
+"""A fully convolutional, noise-conditioned U-Net denoiser with EDM preconditioning.
+
+The network ``F_θ`` is wrapped as in Karras et al. (2022, "Elucidating the design space of
+diffusion-based generative models", EDM):
+
+.. math::
+
+    D_θ(x, σ) = c_\\text{skip}(σ)\\, x + c_\\text{out}(σ)\\, F_θ\\big(c_\\text{in}(σ)\\, x,\\;
+    c_\\text{noise}(σ)\\big),
+
+with ``c_skip = σ_d²/(σ²+σ_d²)``, ``c_out = σ σ_d/√(σ²+σ_d²)``, ``c_in = 1/√(σ²+σ_d²)`` and
+``c_noise = log(σ)/4``. ``σ`` is the standard deviation of the Gaussian noise on **each real
+channel** (for a complex image: on the real and on the imaginary part), so the score is
+``(D − x)/σ²``. ``c_noise`` enters every residual block through a Fourier-feature embedding.
+
+Any input size works: the input is zero-padded to a multiple of ``2**(levels-1)`` and the output
+cropped back (MR backgrounds are zero, so zero padding adds no edges inside the field of view).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["EDMDenoiser", "UNet", "UNetConfig"]
+
+
+@dataclass
+class UNetConfig:
+    """Architecture hyper-parameters (stored in every prior card)."""
+
+    #: 2 for complex (real, imag), 1 for magnitude images
+    in_channels: int = 2
+    #: feature channels per resolution level (one down-sampling between levels)
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
+    #: residual blocks per level in the encoder (the decoder has one more per level)
+    blocks_per_level: int = 2
+    #: number of Fourier frequencies of the noise embedding
+    fourier_features: int = 16
+    #: width of the noise embedding vector fed to every block
+    emb_dim: int = 128
+    #: GroupNorm groups (clamped to divide the channel count)
+    groups: int = 8
+    #: data standard deviation assumed by the EDM preconditioning
+    sigma_data: float = 0.5
+
+    def validate(self) -> None:
+        from mrprior.errors import ConfigError
+
+        if self.in_channels not in (1, 2):
+            raise ConfigError(f"in_channels: {self.in_channels} must be 1 or 2")
+        if not self.channels or min(self.channels) < 1:
+            raise ConfigError(f"channels: {self.channels} must be a non-empty list of ≥ 1")
+        if self.blocks_per_level < 1 or self.fourier_features < 1 or self.emb_dim < 1:
+            raise ConfigError("blocks_per_level, fourier_features and emb_dim must be ≥ 1")
+        if self.sigma_data <= 0:
+            raise ConfigError(f"sigma_data: {self.sigma_data} must be > 0")
+
+    @property
+    def size_multiple(self) -> int:
+        """Spatial sizes the bare network accepts are multiples of this number."""
+        return 2 ** (len(self.channels) - 1)
+
+
+def _norm(ch: int, groups: int) -> nn.GroupNorm:
+    g = math.gcd(ch, groups) or 1
+    return nn.GroupNorm(g, ch, eps=1e-6)
+
+
+class FourierEmbedding(nn.Module):
+    """Sinusoidal features of a scalar at fixed, geometrically spaced frequencies."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        # fixed, deterministic frequencies 1 … 2^6 (rad per unit of c_noise); not a parameter,
+        # not saved: they follow from ``n`` alone
+        freqs = 2 * math.pi * torch.logspace(0, 6, n, base=2.0)
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        arg = t[:, None] * self.freqs[None, :].to(t.dtype)
+        return torch.cat([arg.cos(), arg.sin()], dim=1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → SiLU → conv → (scale, shift from the embedding) → GroupNorm → SiLU → conv."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = _norm(cin, groups)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = _norm(cout, groups)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return self.skip(x) + h
+
+
+class UNet(nn.Module):
+    """The raw network ``F_θ(x, c_noise)``: ``[B, C, H, W]`` → ``[B, C, H, W]``.
+
+    ``H`` and ``W`` must be multiples of :attr:`UNetConfig.size_multiple`.
+    """
+
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch, g, e = cfg.channels, cfg.groups, cfg.emb_dim
+        self.embed = FourierEmbedding(cfg.fourier_features)
+        self.emb_mlp = nn.Sequential(
+            nn.Linear(2 * cfg.fourier_features, e), nn.SiLU(), nn.Linear(e, e), nn.SiLU()
+        )
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        skips = [ch[0]]
+        cur = ch[0]
+        for i, c in enumerate(ch):
+            blocks = nn.ModuleList()
+            for _ in range(cfg.blocks_per_level):
+                blocks.append(ResBlock(cur, c, e, g))
+                cur = c
+                skips.append(cur)
+            self.down_blocks.append(blocks)
+            if i < len(ch) - 1:
+                self.downsamplers.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
+                skips.append(cur)
+        self.mid = nn.ModuleList([ResBlock(cur, cur, e, g), ResBlock(cur, cur, e, g)])
+        self.up_blocks = nn.ModuleList()
+        self.upsamplers = nn.ModuleList()
+        for i, c in reversed(list(enumerate(ch))):
+            blocks = nn.ModuleList()
+            for _ in range(cfg.blocks_per_level + 1):
+                blocks.append(ResBlock(cur + skips.pop(), c, e, g))
+                cur = c
+            self.up_blocks.append(blocks)
+            if i > 0:
+                self.upsamplers.append(nn.Conv2d(cur, cur, 3, padding=1))
+        self.norm_out = _norm(cur, g)
+        self.conv_out = nn.Conv2d(cur, cfg.in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        emb = self.emb_mlp(self.embed(c_noise))
+        h = self.conv_in(x)
+        hs = [h]
+        for i, blocks in enumerate(self.down_blocks):
+            for blk in blocks:
+                h = blk(h, emb)
+                hs.append(h)
+            if i < len(self.downsamplers):
+                h = self.downsamplers[i](h)
+                hs.append(h)
+        for blk in self.mid:
+            h = blk(h, emb)
+        for j, blocks in enumerate(self.up_blocks):
+            for blk in blocks:
+                h = blk(torch.cat([h, hs.pop()], dim=1), emb)
+            if j < len(self.upsamplers):
+                h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+                h = self.upsamplers[j](h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class EDMDenoiser(nn.Module):
+    """``D_θ(x, σ)`` on real channels ``[B, C, H, W]`` of any size (padded, then cropped).
+
+    ``sigma`` is a float or a ``[B]`` tensor: the noise standard deviation per real channel.
+    """
+
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.net = UNet(cfg)
+
+    @property
+    def size_multiple(self) -> int:
+        return self.cfg.size_multiple
+
+    def forward(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
+            raise ValueError(
+                f"EDMDenoiser expects [B, {self.cfg.in_channels}, H, W] real input, got {x.shape=}"
+            )
+        b, _, h, w = x.shape
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
+        if sigma.numel() == 1:
+            sigma = sigma.expand(b)
+        if sigma.numel() != b:
+            raise ValueError(f"sigma must be a scalar or [B={b}], got {sigma.shape=}")
+        sd = self.cfg.sigma_data
+        s = sigma[:, None, None, None]
+        c_skip = sd**2 / (s**2 + sd**2)
+        c_out = s * sd / (s**2 + sd**2).sqrt()
+        c_in = 1 / (s**2 + sd**2).sqrt()
+        c_noise = sigma.log() / 4
+        m = self.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        xin = c_in * x
+        if ph or pw:
+            xin = F.pad(xin, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        f = self.net(xin, c_noise)
+        if ph or pw:
+            f = f[:, :, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+        return c_skip * x + c_out * f

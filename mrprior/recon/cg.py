@@ -1,0 +1,119 @@
+"""Conjugate gradient for Hermitian positive (semi-)definite systems ``N x = b`` on torch tensors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from mrprior.mr.linop import LinearOperator
+
+logger = logging.getLogger(__name__)
+
+#: ``callback(iteration, x)``; returning True stops the solver after that iteration.
+Callback = Callable[[int, torch.Tensor], bool | None]
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Per-batch real part of ``<a, b>`` over the trailing ``ndim`` dims, keepdim-shaped."""
+    dims = tuple(range(a.ndim - ndim, a.ndim))
+    return torch.sum((a.conj() * b).real, dim=dims, keepdim=True)
+
+
+def conjugate_gradient(
+    normal_op: Callable[[torch.Tensor], torch.Tensor] | LinearOperator,
+    rhs: torch.Tensor,
+    x0: torch.Tensor | None = None,
+    max_iterations: int = 50,
+    tol: float = 1e-6,
+    callback: Callback | None = None,
+    batch_ndim: int | None = None,
+) -> torch.Tensor:
+    """Solve ``N x = b`` for Hermitian positive semi-definite ``N`` by conjugate gradients.
+
+    Parameters
+    ----------
+    normal_op : the operator ``N`` (a :class:`LinearOperator`, e.g. ``A.gram``, or a callable).
+    rhs : ``b``, shape ``[*batch, *ishape]``.
+    x0 : initial guess (default zeros).
+    max_iterations : iteration limit.
+    tol : stop when every batch item has ``||b - N x|| <= tol * ||b||``.
+    callback : ``callback(iteration, x)`` after each iteration; returning True stops.
+    batch_ndim : number of leading batch dims, each solved as its own system (step sizes per
+        item). Default: for a :class:`LinearOperator`, ``rhs.ndim - len(op.ishape)``; for a plain
+        callable, 0 (one system over the whole tensor).
+
+    Returns
+    -------
+    torch.Tensor
+        ``x`` with the shape of ``rhs``.
+    """
+    op = normal_op.forward if isinstance(normal_op, LinearOperator) else normal_op
+    if batch_ndim is None:
+        batch_ndim = (
+            rhs.ndim - len(normal_op.ishape) if isinstance(normal_op, LinearOperator) else 0
+        )
+    if not 0 <= batch_ndim < rhs.ndim:
+        raise ValueError(f"{batch_ndim=} invalid for {tuple(rhs.shape)=}")
+    nd = rhs.ndim - batch_ndim
+    x = torch.zeros_like(rhs) if x0 is None else x0.clone()
+    r = rhs - op(x) if x0 is not None else rhs.clone()
+    p = r.clone()
+    rr = _dot(r, r, nd)
+    bnorm2 = _dot(rhs, rhs, nd)
+    thresh = (tol**2) * bnorm2
+    if bool(torch.all(rr <= thresh)):
+        return x
+    for it in range(max_iterations):
+        ap = op(p)
+        pap = _dot(p, ap, nd)
+        alpha = torch.where(pap > 0, rr / torch.where(pap > 0, pap, 1), 0)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = _dot(r, r, nd)
+        done = bool(torch.all(rr_new <= thresh))
+        if callback is not None and callback(it, x):
+            break
+        if done:
+            logger.debug("CG converged after %d iterations", it + 1)
+            break
+        beta = torch.where(rr > 0, rr_new / torch.where(rr > 0, rr, 1), 0)
+        p = r + beta * p
+        rr = rr_new
+    return x
+
+
+def normal_operator(A: LinearOperator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A fast callable for ``AᴴA``.
+
+    For a Cartesian 2D :class:`~mrprior.mr.sense.SenseOperator` with even image sizes the centered
+    FFT shifts cancel into a checkerboard ``C = (-1)^(i+j)`` folded into the coil maps once:
+    ``AᴴA x = Σ_c conj(C S_c) · F⁻¹(M · F(C S_c x))`` with plain (unshifted) orthonormal FFTs,
+    written into one preallocated coil buffer. Otherwise ``A.gram.forward`` is returned.
+    """
+    from mrprior.mr.sense import SenseOperator
+
+    if not isinstance(A, SenseOperator) or A.ndim != 2 or any(n % 2 for n in A.ishape):
+        return A.gram.forward
+    h, w = A.ishape
+    dev = A.csm.device
+    iy = torch.arange(h, device=dev)[:, None]
+    ix = torch.arange(w, device=dev)[None, :]
+    checker = (1 - 2 * ((iy + ix) % 2)).to(torch.float32)
+    maps = (A.csm * checker).to(torch.complex64).contiguous()
+    maps_conj = maps.conj().resolve_conj()
+    mask = A.mask
+
+    def gram(x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2:  # batched input: the generic path broadcasts
+            return A.gram.forward(x)
+        t = torch.mul(maps, x)
+        torch.fft.fft2(t, norm="ortho", out=t)
+        if mask is not None:
+            t.mul_(mask)
+        torch.fft.ifft2(t, norm="ortho", out=t)
+        t.mul_(maps_conj)
+        return t.sum(dim=0)
+
+    return gram

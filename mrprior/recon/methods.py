@@ -1,0 +1,99 @@
+"""Built-in reconstruction methods, registered with :func:`mrprior.recon.problem.register_method`.
+
+Each method is ``(problem, settings) -> ReconResult``; unknown settings keys raise
+:class:`~mrprior.errors.ConfigError` naming the key. Prior-based methods register from their own
+modules, imported at the end of this file.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mrprior.errors import ConfigError
+from mrprior.mr.sense import sense_operator
+from mrprior.recon.baselines import cg_sense, zero_filled
+from mrprior.recon.fista import bart_scaling, l1_wavelet
+from mrprior.recon.problem import ReconProblem, ReconResult, register_method
+
+
+def _settings(name: str, settings: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"method {name!r}: unknown setting(s) {unknown}; valid: {sorted(defaults)}"
+        )
+    return {**defaults, **settings}
+
+
+def _needs_csm(name: str, problem: ReconProblem) -> None:
+    if problem.csm is None:
+        raise ConfigError(f"method {name!r} needs coil maps (problem.csm is None)")
+
+
+@register_method("zerofill", needs_csm=True)
+def zerofill_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
+    """Coil-combined adjoint ``Aᴴy``; settings: ``combine`` ("sense" | "rss")."""
+    s = _settings("zerofill", settings, {"combine": "sense"})
+    if s["combine"] not in ("sense", "rss"):
+        raise ConfigError(f"zerofill: combine must be 'sense' or 'rss': {s['combine']!r}")
+    if s["combine"] == "sense":
+        _needs_csm("zerofill", problem)
+    t0 = time.perf_counter()
+    img = zero_filled(problem, s["combine"])
+    return ReconResult(img, info={"method": "zerofill", "seconds": time.perf_counter() - t0, **s})
+
+
+@register_method("sense", needs_csm=True)
+def sense_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
+    """CG-SENSE with Tikhonov ``lam``; settings: ``lam`` (0.0), ``max_iterations`` (30), ``tol``."""
+    s = _settings("sense", settings, {"lam": 0.0, "max_iterations": 30, "tol": 1e-6})
+    _needs_csm("sense", problem)
+    if float(s["lam"]) < 0:
+        raise ConfigError(f"sense: lam must be >= 0: {s['lam']}")
+    if int(s["max_iterations"]) < 1:
+        raise ConfigError(f"sense: max_iterations must be >= 1: {s['max_iterations']}")
+    A = sense_operator(problem.csm, problem.mask)
+    t0 = time.perf_counter()
+    img = cg_sense(
+        A,
+        problem.kspace,
+        lam=float(s["lam"]),
+        max_iterations=int(s["max_iterations"]),
+        tol=float(s["tol"]),
+    )
+    return ReconResult(img, info={"method": "sense", "seconds": time.perf_counter() - t0, **s})
+
+
+@register_method("l1", needs_csm=True)
+def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
+    """ℓ1-wavelet FISTA (``bart pics -l1 -r lam``); settings: ``lam`` (0.01),
+    ``max_iterations`` (100), ``seed`` (0), ``wavelet`` ("db2")."""
+    s = _settings(
+        "l1", settings, {"lam": 0.01, "max_iterations": 100, "seed": 0, "wavelet": "db2"}
+    )
+    _needs_csm("l1", problem)
+    if float(s["lam"]) < 0:
+        raise ConfigError(f"l1: lam must be >= 0: {s['lam']}")
+    if int(s["max_iterations"]) < 1:
+        raise ConfigError(f"l1: max_iterations must be >= 1: {s['max_iterations']}")
+    A = sense_operator(problem.csm, problem.mask)
+    scale = bart_scaling(problem.kspace, problem.mask)
+    t0 = time.perf_counter()
+    try:
+        img = l1_wavelet(
+            A,
+            problem.kspace,
+            lam=float(s["lam"]),
+            max_iterations=int(s["max_iterations"]),
+            seed=None if s["seed"] is None else int(s["seed"]),
+            wavelet=str(s["wavelet"]),
+            scale=scale,
+        )
+    except ValueError as exc:  # e.g. a non-orthogonal wavelet name
+        raise ConfigError(f"l1: {exc}") from exc
+    info = {"method": "l1", "seconds": time.perf_counter() - t0, "scale": scale, **s}
+    return ReconResult(img, info=info)
+
+
+import mrprior.recon.prior_methods  # noqa: E402, F401  (registers prior-pics, prior-sample, prior-nlinv)

@@ -1,0 +1,312 @@
+"""Offline replay: stream a raw ISMRMRD HDF5 file to a node and collect the images it returns.
+
+The client side of the MRD protocol (what the FIRE / python-ismrmrd-server client does): config
+(CONFIG_FILE with a name, or CONFIG_TEXT with properties), HEADER (the file's XML header as
+stored), every acquisition in file order (noise scans included), CLOSE; meanwhile a receiver
+thread collects IMAGEs, echoed ACQUISITIONs (pass-through nodes), ERROR texts and the final
+CLOSE. Sending and receiving run concurrently, as they must: a node sends images while the
+client is still streaming.
+
+Measured: throughput (acquisition bytes / seconds from the first acquisition sent to the node's
+CLOSE) and, per group (slice, contrast, phase, repetition, set, average), the latency from
+sending the acquisition flagged LAST_IN_SLICE to receiving the first message of that group
+(an image, or the echoed acquisition for a pass-through node).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+import ismrmrd
+import numpy as np
+
+from mrprior.errors import DataError, ProtocolError
+from mrprior.io.protocol import MessageId, MRDConnection, connect
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ReplayResult", "config_text", "load_raw_stream", "replay", "replay_local", "stream"]
+
+GroupKey = tuple[int, int, int, int, int, int]
+
+
+def _group_key(obj: Any) -> GroupKey:
+    """(slice, contrast, phase, repetition, set, average) of an image header or acquisition."""
+    src = obj.idx if isinstance(obj, ismrmrd.Acquisition) else obj
+    return tuple(  # type: ignore[return-value]
+        int(getattr(src, n)) for n in ("slice", "contrast", "phase", "repetition", "set", "average")
+    )
+
+
+@dataclass
+class ReplayResult:
+    """What a replay sent and received.
+
+    Attributes
+    ----------
+    images : the images returned, in arrival order.
+    echoed : acquisitions returned (a pass-through node echoes them).
+    errors : ERROR texts received.
+    acquisitions_sent, data_bytes_sent : acquisitions and their wire bytes.
+    bytes_sent, bytes_received : all bytes on the wire.
+    seconds : first acquisition sent → node's CLOSE (or end of stream) received.
+    send_seconds : first acquisition sent → our CLOSE sent (how fast the node took the data in).
+    latencies_s : per group key, LAST_IN_SLICE sent → first message of that group received.
+    closed_cleanly : the node ended with CLOSE (not a dropped connection).
+    send_error : why sending stopped early, if it did.
+    """
+
+    images: list[ismrmrd.Image] = field(default_factory=list)
+    echoed: list[ismrmrd.Acquisition] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    acquisitions_sent: int = 0
+    data_bytes_sent: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    seconds: float = 0.0
+    send_seconds: float = 0.0
+    latencies_s: dict[GroupKey, float] = field(default_factory=dict)
+    closed_cleanly: bool = False
+    send_error: str | None = None
+    header_xml: str | None = None
+
+    @property
+    def throughput_mb_s(self) -> float:
+        """Acquisition megabytes (1e6 bytes) per second."""
+        return self.data_bytes_sent / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def error(self) -> str | None:
+        """The first ERROR text received, or None."""
+        return self.errors[0] if self.errors else None
+
+    def summary(self) -> str:
+        """A human-readable report (what ``mrprior replay`` prints)."""
+        lat = np.array(sorted(self.latencies_s.values())) * 1e3
+        lines = [
+            f"sent {self.acquisitions_sent} acquisitions ({self.data_bytes_sent / 1e6:.2f} MB) "
+            f"in {self.seconds:.3f} s: {self.throughput_mb_s:.1f} MB/s",
+            f"received {len(self.images)} images"
+            + (f", {len(self.echoed)} echoed acquisitions" if self.echoed else ""),
+        ]
+        if lat.size:
+            lines.append(
+                f"latency per slice (last acquisition -> image): median {np.median(lat):.1f} ms, "
+                f"max {lat.max():.1f} ms over {lat.size} slices"
+            )
+        if self.errors:
+            lines.append("ERROR from node: " + " | ".join(self.errors))
+        elif not self.closed_cleanly:
+            lines.append("node closed the connection without CLOSE")
+        return "\n".join(lines)
+
+
+def load_raw_stream(
+    path: str | Path, dataset: str = "dataset"
+) -> tuple[str, list[ismrmrd.Acquisition]]:
+    """The XML header (text as stored) and all acquisitions of a raw ISMRMRD file, in order."""
+    import h5py
+
+    from mrprior.io.raw import iter_acquisitions, read_header
+
+    read_header(path, dataset)  # validates the file and its header with clear errors
+    with h5py.File(path, "r") as f:
+        xml = f[dataset]["xml"][0]
+    text = xml.decode("utf-8") if isinstance(xml, bytes) else str(xml)
+    acqs = list(iter_acquisitions(path, dataset))
+    if not acqs:
+        raise DataError(f"{path}: no acquisitions")
+    return text.rstrip("\0"), acqs
+
+
+def config_text(name: str | None = None, overrides: dict[str, Any] | None = None) -> str:
+    """A Gadgetron-style ``<configuration>`` with ``config`` and override properties."""
+    props = dict(overrides or {})
+    if name:
+        props = {"config": name, **props}
+    body = "".join(
+        f"<property name={quoteattr(str(k))} value={quoteattr(str(v))}/>" for k, v in props.items()
+    )
+    return f'<?xml version="1.0"?>\n<configuration>{body}</configuration>'
+
+
+def stream(
+    conn: MRDConnection,
+    header_xml: str,
+    acquisitions: Sequence[ismrmrd.Acquisition],
+    *,
+    config_name: str | None = "default",
+    config: str | None = None,
+    timeout: float | None = 600.0,
+    lockstep: bool = False,
+) -> ReplayResult:
+    """Play the client role on ``conn`` and collect what comes back.
+
+    Parameters
+    ----------
+    conn : MRDConnection
+        A fresh connection to the node; closed on return.
+    header_xml : str
+        Sent as HEADER.
+    acquisitions : sequence of ismrmrd.Acquisition
+        Sent in order.
+    config_name : str, optional
+        Sent as CONFIG_FILE when ``config`` is None.
+    config : str, optional
+        Sent as CONFIG_TEXT (e.g. from :func:`config_text`); wins over ``config_name``.
+    timeout : float, optional
+        Seconds the receiver waits for any one message before giving up.
+    lockstep : bool
+        After each LAST_IN_SLICE acquisition, wait for that group's first reply before sending
+        on, so the measured latency is the node's own (no queueing behind earlier slices).
+    """
+    result = ReplayResult()
+    sent_last: dict[GroupKey, float] = {}
+    lock = threading.Condition()
+    done = threading.Event()
+    t_end = [0.0]
+    if timeout is not None:
+        conn.socket.settimeout(timeout)
+
+    def note(key: GroupKey) -> None:
+        now = time.perf_counter()
+        with lock:
+            t0 = sent_last.get(key)
+            if t0 is not None and key not in result.latencies_s:
+                result.latencies_s[key] = now - t0
+                lock.notify_all()
+
+    def receive() -> None:
+        try:
+            while True:
+                msg = conn.read_message(eof_ok=True)
+                if msg is None:
+                    break
+                if msg.id is MessageId.CLOSE:
+                    result.closed_cleanly = True
+                    break
+                if msg.id is MessageId.IMAGE:
+                    result.images.append(msg.payload)
+                    note(_group_key(msg.payload))
+                elif msg.id is MessageId.ACQUISITION:
+                    result.echoed.append(msg.payload)
+                    if msg.payload.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
+                        note(_group_key(msg.payload))
+                elif msg.id is MessageId.ERROR:
+                    logger.error("node sent ERROR: %s", msg.payload)
+                    result.errors.append(msg.payload)
+                else:
+                    logger.info("ignoring %s from the node", msg.id.name)
+        except ProtocolError as exc:
+            logger.warning("receiving stopped: %s", exc)
+            if not result.errors:
+                result.send_error = result.send_error or f"receive failed: {exc}"
+        finally:
+            t_end[0] = time.perf_counter()
+            done.set()
+            with lock:
+                lock.notify_all()
+
+    receiver = threading.Thread(target=receive, name="replay-receiver", daemon=True)
+    receiver.start()
+    t_start = time.perf_counter()
+    try:
+        if config is not None:
+            conn.writer.send_config_text(config)
+        else:
+            conn.writer.send_config_file(config_name or "default")
+        conn.writer.send_header(header_xml)
+        t_start = time.perf_counter()
+        for acq in acquisitions:
+            before = conn.writer.bytes_written
+            key = _group_key(acq) if acq.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE) else None
+            if key is not None:
+                with lock:
+                    sent_last[key] = time.perf_counter()
+            conn.send(acq)
+            result.acquisitions_sent += 1
+            result.data_bytes_sent += conn.writer.bytes_written - before
+            if lockstep and key is not None:
+                with lock:
+                    lock.wait_for(lambda k=key: k in result.latencies_s or done.is_set(), timeout)
+        result.send_seconds = time.perf_counter() - t_start
+        conn.writer.send_close()
+    except (OSError, ProtocolError) as exc:
+        result.send_error = f"sending stopped: {exc}"
+        logger.warning("%s", result.send_error)
+    receiver.join()
+    result.seconds = t_end[0] - t_start
+    result.bytes_sent = conn.bytes_sent
+    result.bytes_received = conn.bytes_received
+    conn.close(send_close=False)
+    return result
+
+
+def replay_local(
+    header_xml: str,
+    acquisitions: Sequence[ismrmrd.Acquisition],
+    *,
+    config_name: str | None = "default",
+    config: str | None = None,
+    timeout: float | None = 600.0,
+) -> ReplayResult:
+    """Replay into an in-process node (:func:`mrprior.server.handle_connection` on a socketpair)."""
+    from mrprior.server import handle_connection
+
+    ours, theirs = socket.socketpair()
+    node = threading.Thread(
+        target=handle_connection, args=(MRDConnection(theirs),), name="replay-node", daemon=True
+    )
+    node.start()
+    result = stream(
+        MRDConnection(ours),
+        header_xml,
+        acquisitions,
+        config_name=config_name,
+        config=config,
+        timeout=timeout,
+    )
+    node.join(timeout)
+    return result
+
+
+def replay(
+    path: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9002,
+    local: bool = False,
+    config_name: str = "default",
+    overrides: dict[str, Any] | None = None,
+    timeout: float | None = 600.0,
+) -> ReplayResult:
+    """Stream raw file ``path`` to a node (``host:port``, or in-process with ``local``).
+
+    The config goes as CONFIG_FILE ``config_name``, or, with ``overrides``, as CONFIG_TEXT
+    properties (``config`` plus the overrides).
+    """
+    header_xml, acqs = load_raw_stream(path)
+    cfg_text = config_text(config_name, overrides) if overrides else None
+    if local:
+        result = replay_local(
+            header_xml, acqs, config_name=config_name, config=cfg_text, timeout=timeout
+        )
+    else:
+        result = stream(
+            connect(host, port),
+            header_xml,
+            acqs,
+            config_name=config_name,
+            config=cfg_text,
+            timeout=timeout,
+        )
+    result.header_xml = header_xml
+    return result

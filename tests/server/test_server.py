@@ -1,0 +1,423 @@
+"""``mrprior serve``: end-to-end over loopback, a malformed-stream corpus, and the CLIs.
+
+Every malformed case must end in ERROR (8) containing the expected fragment, then CLOSE, then a
+clean end of stream; afterwards the same server must still answer a new connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import ismrmrd
+import numpy as np
+import pytest
+
+from mrprior.cli import main as cli_main
+from mrprior.io.images import read_images
+from mrprior.replay import replay_local
+from mrprior.server import MRDServer, parse_config_text
+from tests.gadget.harness import (
+    PYTHON,
+    REPO,
+    GadgetronRole,
+    config_xml,
+    connect_listening,
+    free_port,
+    mutate,
+    node_env,
+    play,
+)
+from tests.gadget.rawdata import RawCase, check_images
+
+pytestmark = pytest.mark.ismrmrd_tools
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = MRDServer("127.0.0.1", 0).start()
+    yield srv
+    srv.shutdown()
+
+
+def _connect(srv: MRDServer) -> GadgetronRole:
+    return GadgetronRole(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
+
+
+def _first_slice(case: RawCase) -> list[ismrmrd.Acquisition]:
+    out = []
+    for acq in case.acqs:
+        out.append(acq)
+        if acq.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
+            return out
+    raise AssertionError("no LAST_IN_SLICE")
+
+
+def _probe(srv: MRDServer) -> None:
+    """The server answers a new connection: config + header + CLOSE ends in a clean CLOSE."""
+    role = _connect(srv)
+    role.send_config_name("mrprior_zerofill")
+    role.send_raw(struct.pack("<HI", 3, 0))  # an empty header is an error...
+    role.send_close()
+    reply = role.wait(30)
+    assert reply.closed and reply.eof_after_close and reply.problem is None
+    assert len(reply.errors) == 1 and "header is empty" in reply.errors[0]
+
+
+def test_serve_end_to_end_by_config_name(server: MRDServer, raw_a2: RawCase) -> None:
+    role = _connect(server)
+    role.send_config_name("mrprior_sense")  # FIRE client: CONFIG_FILE with a name
+    role.send_header(raw_a2.header_xml)
+    role.send_acquisitions(raw_a2.acqs)
+    role.send_close()
+    reply = role.wait()
+    assert reply.errors == [] and reply.closed and reply.eof_after_close
+    check_images(reply.images, raw_a2, max_nrmse=0.2)
+
+
+def test_concurrent_connections_are_isolated(server: MRDServer, raw_a3: RawCase) -> None:
+    """A good and a failing stream at the same time: the good one is unaffected."""
+    good = _connect(server)
+    bad = _connect(server)
+    bad.send_config(config_xml({"config": "mrprior_zerofill"}))
+    bad.send_header(raw_a3.header_xml)
+    good.send_config(config_xml({"config": "mrprior_zerofill"}))
+    good.send_header(raw_a3.header_xml)
+    nan = mutate(raw_a3.acqs, 5, lambda a: a.data.__setitem__((0, 3), np.nan))
+    for g, b in zip(raw_a3.acqs, nan, strict=True):
+        good.send_acquisitions([g])
+        with contextlib.suppress(OSError):
+            bad.send_acquisitions([b])
+    good.send_close()
+    with contextlib.suppress(OSError):
+        bad.send_close()
+    good_reply, bad_reply = good.wait(), bad.wait()
+    assert good_reply.errors == []
+    check_images(good_reply.images, raw_a3, max_nrmse=None)
+    assert len(bad_reply.errors) == 1 and "NaN" in bad_reply.errors[0]
+
+
+# -- malformed-stream corpus ------------------------------------------------------------------
+@dataclass
+class Case:
+    name: str
+    run: Callable[[GadgetronRole, RawCase], None]
+    expected: str  # fragment of the ERROR text
+    images: int = 0  # images that must still arrive before the ERROR
+
+
+def _send_good_start(role: GadgetronRole, case: RawCase, props: dict | None = None) -> None:
+    role.send_config(config_xml({"config": "mrprior_zerofill", **(props or {})}))
+    role.send_header(case.header_xml)
+
+
+def _truncated_message_header(role: GadgetronRole, case: RawCase) -> None:
+    _send_good_start(role, case)
+    role.send_acquisitions(case.acqs[:3])
+    role.send_raw(b"\xf0")  # half a message id
+    role.shutdown_write()
+
+
+def _truncated_payload(role: GadgetronRole, case: RawCase) -> None:
+    _send_good_start(role, case)
+    role.send_acquisitions(_first_slice(case))
+    raw = struct.pack("<H", 1008) + case.acqs[-1].to_bytes()
+    role.send_raw(raw[: 2 + 340 + 100])
+    role.shutdown_write()
+
+
+def _unknown_id(role: GadgetronRole, case: RawCase) -> None:
+    _send_good_start(role, case)
+    role.send_raw(struct.pack("<H", 1999) + b"\x00" * 32)
+    role.send_close()
+
+
+def _garbage_header(role: GadgetronRole, case: RawCase) -> None:
+    role.send_config_name("mrprior_zerofill")
+    text = b"<ismrmrdHeader><encoding><oops"
+    role.send_raw(struct.pack("<HI", 3, len(text)) + text)
+    role.send_acquisitions(case.acqs[:2])
+    role.send_close()
+
+
+def _header_without_encoding(role: GadgetronRole, case: RawCase) -> None:
+    role.send_config_name("mrprior_zerofill")
+    start, end = case.header_xml.index("<encoding>"), case.header_xml.index("</encoding>")
+    text = (case.header_xml[:start] + case.header_xml[end + len("</encoding>") :]).encode()
+    role.send_raw(struct.pack("<HI", 3, len(text)) + text)
+    role.send_close()
+
+
+def _acquisition_before_header(role: GadgetronRole, case: RawCase) -> None:
+    role.send_config_name("mrprior_zerofill")
+    role.send_acquisitions(case.acqs[:2])
+    role.send_close()
+
+
+def _inconsistent_coils(role: GadgetronRole, case: RawCase) -> None:
+    def fewer(acq: ismrmrd.Acquisition) -> ismrmrd.Acquisition:
+        return ismrmrd.Acquisition.from_array(acq.data[:2].copy(), None, idx=acq.idx)
+
+    _send_good_start(role, case)
+    role.send_acquisitions(mutate(case.acqs, 10, fewer)[:12])
+    role.send_close()
+
+
+def _non_cartesian(role: GadgetronRole, case: RawCase) -> None:
+    role.send_config_name("mrprior_zerofill")
+    role.send_header(case.header_xml.replace(">cartesian<", ">radial<"))
+    role.send_acquisitions(case.acqs[:2])
+    role.send_close()
+
+
+def _nan_after_a_slice(role: GadgetronRole, case: RawCase) -> None:
+    n = len(_first_slice(case))
+    acqs = mutate(case.acqs, n + 3, lambda a: a.data.__setitem__((1, 7), np.nan))
+    _send_good_start(role, case)
+    role.send_acquisitions(acqs)
+    role.send_close()
+
+
+def _failing_recon(role: GadgetronRole, case: RawCase) -> None:
+    role.send_config(config_xml({"method": "no-such-method"}))
+    role.send_header(case.header_xml)
+    role.send_acquisitions(case.acqs[:2])
+    role.send_close()
+
+
+def _failing_recon_settings(role: GadgetronRole, case: RawCase) -> None:
+    """A recon that starts and then fails on the data (unknown method setting)."""
+    _send_good_start(role, case, {"method": "sense", "settings.no_such_knob": "3"})
+    role.send_acquisitions(case.acqs)
+    role.send_close()
+
+
+def _oversized_length(role: GadgetronRole, case: RawCase) -> None:
+    _send_good_start(role, case)
+    role.send_raw(struct.pack("<HI", 5, 0xFFFFFF00))  # TEXT claiming 4 GB
+    role.shutdown_write()
+
+
+def _oversized_acquisition(role: GadgetronRole, case: RawCase) -> None:
+    _send_good_start(role, case)
+    hdr = ismrmrd.AcquisitionHeader()
+    hdr.version, hdr.number_of_samples, hdr.active_channels = 1, 65535, 65535
+    role.send_raw(struct.pack("<H", 1008) + bytes(hdr))
+    role.shutdown_write()
+
+
+def _unknown_config(role: GadgetronRole, case: RawCase) -> None:
+    role.send_config_name("no_such_config")
+    role.send_header(case.header_xml)
+    role.send_close()
+
+
+def _bad_config_xml(role: GadgetronRole, case: RawCase) -> None:
+    role.send_config("<configuration><property name='method' value='sense'>")
+    role.send_header(case.header_xml)
+    role.send_close()
+
+
+def _no_close(role: GadgetronRole, case: RawCase) -> None:
+    _send_good_start(role, case)
+    role.send_acquisitions(_first_slice(case))
+    role.shutdown_write()  # stream ends between messages, without CLOSE
+
+
+CORPUS = [
+    Case("truncated-message-header", _truncated_message_header, "stream ended inside message id"),
+    Case("truncated-acquisition", _truncated_payload, "inside ACQUISITION payload", images=1),
+    Case("unknown-message-id", _unknown_id, "unknown message id 1999"),
+    Case("garbage-header-xml", _garbage_header, "not a valid ISMRMRD header"),
+    Case("header-without-encoding", _header_without_encoding, "encoding"),
+    Case("acquisition-before-header", _acquisition_before_header, "expected HEADER"),
+    Case("inconsistent-coils", _inconsistent_coils, "inconsistent coil count"),
+    Case("non-cartesian", _non_cartesian, "only Cartesian"),
+    Case("nan-data", _nan_after_a_slice, "NaN", images=1),
+    Case("failing-recon-method", _failing_recon, "no-such-method"),
+    Case("failing-recon-settings", _failing_recon_settings, "no_such_knob"),
+    Case("oversized-length-field", _oversized_length, "oversized TEXT payload"),
+    Case("oversized-acquisition", _oversized_acquisition, "oversized ACQUISITION payload"),
+    Case("unknown-config-name", _unknown_config, "unknown config 'no_such_config'"),
+    Case("bad-config-xml", _bad_config_xml, "not valid XML"),
+    Case("end-without-close", _no_close, "stream ended before CLOSE", images=1),
+]
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])
+def test_malformed_stream(server: MRDServer, raw_a2: RawCase, case: Case) -> None:
+    role = _connect(server)
+    # the server may close before we finish sending; the reply must still be right
+    with contextlib.suppress(OSError):
+        case.run(role, raw_a2)
+    reply = role.wait(60)
+    assert reply.problem is None, reply.problem
+    assert reply.closed and reply.eof_after_close, "no clean CLOSE"
+    assert len(reply.errors) == 1, reply.errors
+    assert case.expected in reply.errors[0], reply.errors[0]
+    assert reply.errors[0].startswith("mrprior [")
+    assert len(reply.images) == case.images
+    _probe(server)
+
+
+def test_connection_dropped_mid_stream(server: MRDServer, raw_a2: RawCase) -> None:
+    """A client that vanishes mid-message: nobody to tell, but the server logs it and lives."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    role_bytes = config_xml({"config": "mrprior_zerofill"}).encode()
+    sock.sendall(struct.pack("<HI", 2, len(role_bytes)) + role_bytes)
+    hdr = raw_a2.header_xml.encode()
+    sock.sendall(struct.pack("<HI", 3, len(hdr)) + hdr)
+    sock.sendall(struct.pack("<H", 1008) + raw_a2.acqs[1].to_bytes()[:200])
+    sock.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(s.error and "ACQUISITION" in s.error for s in server.stats):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError([s.error for s in server.stats])
+    _probe(server)
+
+
+def test_empty_connection_is_not_an_error(server: MRDServer) -> None:
+    socket.create_connection(("127.0.0.1", server.port)).close()
+    _probe(server)
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "props"),
+    [
+        ("", None, {}),
+        ('<?xml version="1.0"?>\n', None, {}),
+        ("mrprior_l1.xml", "mrprior_l1.xml", {}),
+        (config_xml({"config": "mrprior_l1", "lam": "0.01"}), "mrprior_l1", {"lam": "0.01"}),
+        (
+            "<configuration><property><name>method</name><value>sense</value></property>"
+            "</configuration>\0",
+            None,
+            {"method": "sense"},
+        ),
+        ('{"parameters": {"config": "mrprior_sense", "seed": 3}}', "mrprior_sense", {"seed": "3"}),
+    ],
+)
+def test_parse_config_text(text: str, name: str | None, props: dict) -> None:
+    assert parse_config_text(text) == (name, props)
+
+
+def test_replay_local_and_cli(raw_a3: RawCase, tmp_path) -> None:
+    result = replay_local(raw_a3.header_xml, raw_a3.acqs, config_name="mrprior_zerofill")
+    assert result.errors == [] and result.closed_cleanly
+    check_images(result.images, raw_a3, max_nrmse=None)
+    assert len(result.latencies_s) == len(raw_a3.groups)
+    assert result.throughput_mb_s > 0
+    out = tmp_path / "images.h5"
+    code = cli_main(
+        [
+            "replay",
+            str(raw_a3.path),
+            "--local",
+            "--config",
+            "mrprior_zerofill",
+            "-o",
+            str(out),
+            "--png",
+            str(tmp_path / "png"),
+        ]
+    )
+    assert code == 0
+    assert len(read_images(out)) == len(raw_a3.groups)
+    assert len(list((tmp_path / "png").glob("*.png"))) == len(raw_a3.groups)
+
+
+def _wait_listening(port: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_cli_serve_and_replay_subprocesses(raw_a3: RawCase, tmp_path) -> None:
+    """``mrprior serve`` in one process, ``mrprior replay`` in another, as a user runs them."""
+    port = free_port()
+    serve = subprocess.Popen(
+        [PYTHON, "-m", "mrprior", "serve", "--port", str(port)],
+        env=node_env(),
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_listening(port)
+        out = tmp_path / "out.h5"
+        ok = subprocess.run(
+            [
+                PYTHON,
+                "-m",
+                "mrprior",
+                "replay",
+                str(raw_a3.path),
+                "--port",
+                str(port),
+                "--config",
+                "mrprior_zerofill",
+                "-o",
+                str(out),
+            ],
+            env=node_env(),
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "MB/s" in ok.stdout and "latency per slice" in ok.stdout
+        assert len(read_images(out)) == len(raw_a3.groups)
+        bad = subprocess.run(
+            [
+                PYTHON,
+                "-m",
+                "mrprior",
+                "replay",
+                str(raw_a3.path),
+                "--port",
+                str(port),
+                "--config",
+                "mrprior_zerofill",
+                "--set",
+                "method=nope",
+                "-o",
+                str(tmp_path / "x.h5"),
+            ],
+            env=node_env(),
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert bad.returncode == 1
+        assert "node sent ERROR" in bad.stderr and "nope" in bad.stderr
+    finally:
+        serve.terminate()
+        serve.wait(10)
+
+
+def test_gadgetron_connect_mode_against_serve(server: MRDServer, raw_a3: RawCase) -> None:
+    """What Gadgetron sends a <connect port=...> node is accepted by ``mrprior serve`` too."""
+    reply = play(
+        connect_listening(server.port),
+        raw_a3.header_xml,
+        raw_a3.acqs,
+        {"config": "mrprior_zerofill"},
+    )
+    assert reply.errors == [] and reply.closed
+    check_images(reply.images, raw_a3, max_nrmse=None)
