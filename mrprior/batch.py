@@ -512,6 +512,20 @@ def _traceback_text(tb: TracebackType | None, frames: int = 6) -> str | None:
 # the driver
 # --------------------------------------------------------------------------------------------
 @contextlib.contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """Keep Dask's INFO chatter (cluster start/stop, connections) out of the user's terminal
+    unless mrprior itself logs at DEBUG; failures are reported per file anyway."""
+    dask_logger = logging.getLogger("distributed")
+    old = dask_logger.level
+    if logging.getLogger("mrprior").getEffectiveLevel() > logging.DEBUG:
+        dask_logger.setLevel(max(old, logging.WARNING))
+    try:
+        yield
+    finally:
+        dask_logger.setLevel(old)
+
+
+@contextlib.contextmanager
 def _client(scheduler: str | None, n_workers: int, threads: int) -> Iterator[Any]:
     """A connected ``distributed.Client``: embedded LocalCluster or a scheduler address."""
     try:
@@ -651,7 +665,7 @@ def run_batch(
     )
     _write_json_atomic(out_dir / REPORT_NAME, report.to_dict())
     for f in report.failed:
-        logger.error("batch: %s failed: %s", f.input, f.error)
+        logger.warning("batch: %s failed: %s", f.input, f.error)
     return report
 
 
@@ -674,7 +688,7 @@ def _run_tasks(
     from tqdm.auto import tqdm
 
     batch_id = uuid.uuid4().hex[:8]
-    with _client(scheduler, n_workers, threads) as client:
+    with _quiet_distributed(), _client(scheduler, n_workers, threads) as client:
         if scheduler is None:
             client.wait_for_workers(n_workers)
         workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))

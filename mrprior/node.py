@@ -202,6 +202,13 @@ def process(
                 stats.images_sent += 1
             stats.groups += 1
             stats.latencies_s.append(time.perf_counter() - t_complete)
+            logger.info(
+                "connection [%s]: %s -> %d image(s), %.3f s after its last acquisition",
+                config_name,
+                _group_label(kspace),
+                len(images),
+                stats.latencies_s[-1],
+            )
 
     try:
         hdr = header if isinstance(header, ismrmrd.xsd.ismrmrdHeader) else parse_header(header)

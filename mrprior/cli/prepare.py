@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
 
@@ -78,7 +77,26 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_dict(PrepareConfig, data)
     if not cfg.sources:
         raise ConfigError("no sources: give SRC paths or a --config with 'sources'")
-    command = "mrprior " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    parts = ["mrprior", "prepare", *args.sources, "-o", args.output]
+    for flag, val in (
+        ("--config", args.config),
+        ("--size", args.size),
+        ("--axis", args.axis),
+        ("--val-fraction", args.val_fraction),
+        ("--seed", args.seed),
+        ("--dtype", args.dtype),
+        ("--subject", args.subject),
+        ("--licence", args.licence),
+        ("--h5-key", args.h5_key),
+    ):
+        if val is not None:
+            parts += [flag, str(val)]
+    if args.val_subjects:
+        parts += ["--val-subjects", *args.val_subjects]
+    if args.phase != "none":
+        parts += ["--phase", args.phase, "--phase-prior", args.phase_prior]
+        parts += ["--draws", str(args.draws), "--langevin-steps", str(args.langevin_steps)]
+    command = " ".join(shlex.quote(a) for a in parts)
     manifest = prepare_dataset(cfg, args.output, progress=not args.no_progress, command=command)
     c = manifest["counts"]
     print(

@@ -119,32 +119,48 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_recon_config(args.config, overrides)
     inputs = [Path(p) for p in args.inputs]
     out = Path(args.output)
-    if len(inputs) > 1:
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"-o {out}: with several inputs -o must be a directory")
-        out.mkdir(parents=True, exist_ok=True)
-        targets = [out / f"{p.stem}{OUTPUT_SUFFIX}" for p in inputs]
-    else:
-        targets = [out / f"{inputs[0].stem}{OUTPUT_SUFFIX}" if out.is_dir() else out]
+    if len(inputs) > 1 or args.scheduler or args.workers:
+        return _run_batch(args, cfg, inputs, out)
+    src = inputs[0]
+    dst = out / f"{src.stem}{OUTPUT_SUFFIX}" if out.is_dir() else out
     progress = (not args.quiet and sys.stderr.isatty()) or args.progress
-    for src, dst in zip(inputs, targets, strict=True):
-        png_dir = Path(args.png) / src.stem if args.png and len(inputs) > 1 else args.png
-        nifti = None
-        if args.nifti:
-            nifti = (
-                Path(args.nifti) / f"{src.stem}.nii.gz"
-                if len(inputs) > 1 or Path(args.nifti).is_dir()
-                else Path(args.nifti)
-            )
-        summary = recon_one_file(
-            src, dst, cfg, png_dir=png_dir, nifti_path=nifti, progress=progress
+    nifti = None
+    if args.nifti:
+        nifti = (
+            Path(args.nifti) / f"{src.stem}.nii.gz"
+            if Path(args.nifti).is_dir()
+            else Path(args.nifti)
         )
-        if not args.quiet:
-            print(
-                f"{src} -> {dst}: {summary.groups} slice(s), {summary.images} image(s), "
-                f"method {summary.method}, {summary.seconds:.2f} s"
-            )
+    summary = recon_one_file(src, dst, cfg, png_dir=args.png, nifti_path=nifti, progress=progress)
+    if not args.quiet:
+        print(
+            f"{src} -> {dst}: {summary.groups} slice(s), {summary.images} image(s), "
+            f"method {summary.method}, {summary.seconds:.2f} s"
+        )
     return 0
+
+
+def _run_batch(args: argparse.Namespace, cfg: Any, inputs: list[Path], out: Path) -> int:
+    """Several inputs (or --scheduler / --workers): one Dask task per file, -o is a folder."""
+    from mrprior.batch import PipelineRecon, run_batch
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {out}: with several inputs -o must be a directory")
+    recon = PipelineRecon(cfg, png_dir=args.png, nifti_dir=args.nifti)
+    report = run_batch(
+        inputs,
+        out,
+        recon,
+        scheduler=args.scheduler,
+        n_workers=args.workers or 2,
+        retries=args.retries,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    if not args.quiet:
+        print(report.format_summary())
+        print(f"report: {out / 'batch_report.json'}")
+    return 0 if report.ok else 1
 
 
 def register(subparsers: Any) -> None:
@@ -193,4 +209,18 @@ def register(subparsers: Any) -> None:
         "--progress", action="store_true", help="show the progress bar even if not a tty"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    batch = p.add_argument_group(
+        "batch (several inputs, or --scheduler / --workers): one Dask task per file, -o is a "
+        "folder, finished files are skipped on a rerun"
+    )
+    batch.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler, e.g. tcp://host:8786 (default: an embedded LocalCluster)",
+    )
+    batch.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default 2)")
+    batch.add_argument(
+        "--retries", type=int, default=2, help="retries per file after transient errors (default 2)"
+    )
+    batch.add_argument("--overwrite", action="store_true", help="redo files already finished")
     p.set_defaults(func=_run)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,13 +63,18 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = load_yaml(TrainConfig, args.config)
     if args.set:
         cfg = apply_overrides(cfg, _parse_sets(args.set))
-    command = "mrprior " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    parts = ["mrprior", "train", args.config, *(["--resume"] if args.resume else [])]
+    parts += [f"--set={item}" for item in args.set]
+    parts += ["--export", args.export] if args.export else []
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    prefix = f"torchrun --nproc_per_node {world} -m " if world > 1 else ""
+    command = prefix + " ".join(shlex.quote(a) for a in parts)
     summary = train(cfg, resume=args.resume, command=command)
     print(
         f"step {summary['step']}, images seen {summary['images_seen']}, "
         f"validation loss {summary['val_loss']:.5f}, checkpoint {summary['checkpoint']}"
     )
-    if args.export and int(__import__("os").environ.get("RANK", "0")) == 0:
+    if args.export and int(os.environ.get("RANK", "0")) == 0:
         from mrprior.priors.cards import export_prior
 
         card = export_prior(summary["checkpoint"], args.export, name=cfg.name)

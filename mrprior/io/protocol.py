@@ -141,6 +141,10 @@ class MessageReader:
         Largest accepted text payload; a larger length field is a :class:`ProtocolError`.
     max_data_bytes : int
         Largest accepted binary payload of one message.
+    chunk_bytes : int
+        A socket is read in chunks of at least this size and buffered: few ``recv`` calls per
+        message, so a reader thread competing for the GIL with a busy reconstruction still keeps
+        up with the stream.
 
     Notes
     -----
@@ -154,33 +158,71 @@ class MessageReader:
         *,
         max_text_bytes: int = MAX_TEXT_BYTES,
         max_data_bytes: int = MAX_DATA_BYTES,
+        chunk_bytes: int = 1 << 18,
     ) -> None:
         self._source = source
         self._is_socket = isinstance(source, socket.socket)
         self.max_text_bytes = int(max_text_bytes)
         self.max_data_bytes = int(max_data_bytes)
+        self.chunk_bytes = int(chunk_bytes)
         self.bytes_read = 0
         self._current = "message id"
+        self._buf = bytearray()
+        self._pos = 0
 
     # -- low level -------------------------------------------------------------------------------
     def _read_exactly(self, n: int) -> bytes:
         if n == 0:
             return b""
+        if not self._is_socket:
+            return self._read_stream(n)
+        buf = self._buf
+        try:
+            while len(buf) - self._pos < n:
+                if self._pos and self._pos >= len(buf) // 2:
+                    del buf[: self._pos]
+                    self._pos = 0
+                want = max(n - (len(buf) - self._pos), self.chunk_bytes)
+                chunk = self._source.recv(want)  # type: ignore[union-attr]
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError as exc:
+            self._consume_all()
+            raise TruncatedMessageError(
+                f"connection failed while reading {self._current}: {exc}"
+            ) from None
+        avail = len(buf) - self._pos
+        if avail < n:
+            self._consume_all()
+            raise TruncatedMessageError(
+                f"stream ended inside {self._current}: got {avail} of {n} bytes"
+            )
+        out = bytes(buf[self._pos : self._pos + n])
+        self._pos += n
+        self.bytes_read += n
+        if self._pos == len(buf):
+            buf.clear()
+            self._pos = 0
+        return out
+
+    def _consume_all(self) -> None:
+        self.bytes_read += len(self._buf) - self._pos
+        self._buf.clear()
+        self._pos = 0
+
+    def _read_stream(self, n: int) -> bytes:
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
         try:
             while got < n:
-                if self._is_socket:
-                    k = self._source.recv_into(view[got:], n - got)  # type: ignore[union-attr]
-                else:
-                    chunk = self._source.read(n - got)  # type: ignore[union-attr]
-                    k = len(chunk) if chunk else 0
-                    view[got : got + k] = chunk or b""
-                if not k:
+                chunk = self._source.read(n - got)  # type: ignore[union-attr]
+                if not chunk:
                     break
-                got += k
-        except (ConnectionError, OSError) as exc:
+                view[got : got + len(chunk)] = chunk
+                got += len(chunk)
+        except OSError as exc:
             self.bytes_read += got
             raise TruncatedMessageError(
                 f"connection failed while reading {self._current}: {exc}"

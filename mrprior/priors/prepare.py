@@ -341,12 +341,13 @@ def iter_slices(
     data = np.clip(data, 0, None)
     ref = float(np.percentile(data, 99.9)) if data.size else 0.0
     thr = cfg.foreground_threshold * ref
+    singleton = [i for i, n in enumerate(data.shape) if n == 1]
+    if singleton:  # a single 2D image: slice across its singleton axis only
+        axes = (singleton[0],)
     for ax in axes:
-        if data.shape[ax] == 1 and data.ndim == 3 and ax != 0:
-            continue
-        if not math.isfinite(vol.spacing[ax]) and ax != 0:
-            continue  # stack of 2D slices: no through-plane geometry
         sp = tuple(s for i, s in enumerate(vol.spacing) if i != ax)
+        if not all(math.isfinite(s) for s in sp):
+            continue  # stack of 2D slices (infinite spacing): no through-plane images
         # one contiguous copy per axis: slicing a strided (reoriented) volume is very slow
         stack = np.ascontiguousarray(np.moveaxis(data, ax, 0))
         for i in range(stack.shape[0]):

@@ -117,22 +117,26 @@ def test_bad_property_is_an_error(raw_a2: RawCase) -> None:
 
 
 def test_listen_mode(raw_a3: RawCase) -> None:
-    """Gadgetron's <connect port=...> mode: the node listens via gadgetron.external.listen."""
+    """Gadgetron's <connect port=...> mode: the node listens via gadgetron.external.listen and
+    serves one connection after the other (a failing one does not stop it)."""
     port = free_port()
     proc = subprocess.Popen(
-        [PYTHON, str(REPO / "gadgets" / "mrprior_gadget.py"), "--port", str(port), "--once"],
+        [PYTHON, str(REPO / "gadgets" / "mrprior_gadget.py"), "--port", str(port)],
         env=node_env(),
         cwd=str(REPO),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     try:
-        role = connect_listening(port)
-        reply = play(role, raw_a3.header_xml, raw_a3.acqs, {"config": "mrprior_zerofill"})
-        assert proc.wait(60) == 0
+        bad = play(connect_listening(port), raw_a3.header_xml, raw_a3.acqs[:3], {"method": "x"})
+        good = play(
+            connect_listening(port), raw_a3.header_xml, raw_a3.acqs, {"config": "mrprior_zerofill"}
+        )
+        assert proc.poll() is None, "the listening node exited"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    _assert_clean(reply)
-    check_images(reply.images, raw_a3, max_nrmse=None)
+        proc.kill()
+        proc.wait()
+    _assert_clean(bad, errors=1)
+    assert "unknown method 'x'" in bad.errors[0]
+    _assert_clean(good)
+    check_images(good.images, raw_a3, max_nrmse=None)

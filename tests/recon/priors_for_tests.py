@@ -87,9 +87,7 @@ def _norm(shape: tuple[int, int], prior: GaussianSmoothnessPrior) -> float:
 def smooth_phantom(n: int = 64, seed: int = 0) -> torch.Tensor:
     """A smooth complex test object ``[n, n]``: ellipses blurred, with a slow phase, max|x| = 1."""
     g = torch.Generator().manual_seed(seed)
-    y, x = torch.meshgrid(
-        torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij"
-    )
+    y, x = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
     img = ((x / 0.8) ** 2 + (y / 0.9) ** 2 < 1).float() * 0.6
     for _ in range(4):
         cx, cy = (torch.rand(2, generator=g) - 0.5) * 0.8

@@ -47,7 +47,9 @@ def test_prior_weight_trades_data_consistency(case):
     y = case.problem.kspace
     res = [
         data_residual(
-            op, pnp_hqs(op, y, GaussianSmoothnessPrior(), noise_std=SN, kappa=k, max_iterations=8), y
+            op,
+            pnp_hqs(op, y, GaussianSmoothnessPrior(), noise_std=SN, kappa=k, max_iterations=8),
+            y,
         )
         for k in (0.1, 10.0, 1000.0)
     ]

@@ -139,3 +139,26 @@ def test_sigma_schedule():
     s = sigma_schedule(0.1, 0.001, 3)
     assert s == pytest.approx([0.1, 0.01, 0.001])
     assert sigma_schedule(0.1, 0.1, 4) == [0.1] * 4
+
+
+@pytest.mark.parametrize("channels", [2, 1], ids=["complex", "magnitude"])
+def test_plumbing_with_a_tiny_untrained_network_prior(channels):
+    """Any matrix size reaches the U-Net padded to its size multiple, and results are finite."""
+    from mrprior.priors.network import NetworkPrior
+    from mrprior.priors.unet import UNetConfig
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(
+        in_channels=channels,
+        channels=[8, 16, 16],
+        blocks_per_level=1,
+        fourier_features=4,
+        emb_dim=16,
+        groups=4,
+    )
+    prior = NetworkPrior.from_config(cfg, sigma_min=0.003, sigma_max=1.2)
+    assert prior.size_multiple == 4
+    c = simulated_case(n=30, accel=2.0, coils=4)  # 30 is no multiple of 4: padded and cropped
+    for solver in ("hqs", "fista"):
+        res = prior_pics_method(c.problem, {"prior": prior, "solver": solver, "iterations": 3})
+        assert res.image.shape == (30, 30) and torch.isfinite(res.image).all()
