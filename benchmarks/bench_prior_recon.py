@@ -77,9 +77,9 @@ def speed(args: argparse.Namespace) -> None:
         "prior-pics (hqs)": ("prior-pics", {"solver": "hqs"}),
         "prior-pics (fista)": ("prior-pics", {"solver": "fista"}),
         "prior-nlinv": ("prior-nlinv", {}),
-        f"prior-sample ({args.samples} samples)": (
+        f"prior-sample ({args.samples} samples, {args.levels} levels)": (
             "prior-sample",
-            {"num_samples": args.samples},
+            {"num_samples": args.samples, "levels": args.levels},
         ),
     }
     wanted = [m for m in methods if any(m.startswith(w) for w in args.methods)]
@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--image", default="mni152_axial_100")
     s.add_argument("--methods", nargs="+", default=["prior-pics", "prior-nlinv", "prior-sample"])
     s.add_argument("--samples", type=int, default=4)
+    s.add_argument("--levels", type=int, default=60, help="prior-sample noise levels")
     s.add_argument("--batch", type=int, default=8, help="CUDA batch of slices")
     s.add_argument("--cpu-only", action="store_true")
     s.set_defaults(func=speed)

@@ -33,7 +33,15 @@ from mrprior.io.protocol import MessageId, MRDConnection, connect
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ReplayResult", "config_text", "load_raw_stream", "replay", "replay_local", "stream"]
+__all__ = [
+    "ReplayResult",
+    "config_text",
+    "load_raw_stream",
+    "replay",
+    "replay_launched",
+    "replay_local",
+    "stream",
+]
 
 GroupKey = tuple[int, int, int, int, int, int]
 
@@ -275,6 +283,56 @@ def replay_local(
         timeout=timeout,
     )
     node.join(timeout)
+    return result
+
+
+def replay_launched(
+    header_xml: str,
+    acquisitions: Sequence[ismrmrd.Acquisition],
+    *,
+    config: str,
+    module: str = "mrprior.gadget",
+    target: str = "mrprior_gadget",
+    timeout: float | None = 600.0,
+    env: dict[str, str] | None = None,
+) -> ReplayResult:
+    """Play Gadgetron's role: start the node as Gadgetron does and stream to it.
+
+    Listens on a free loopback port, runs ``python -m gadgetron <port> <module> <target>`` (the
+    child connects back, exactly as under Gadgetron's ``<execute ... type="python"/>``), sends
+    ``config`` as CONFIG_TEXT (the chain's ``<configuration>``), the header and the
+    acquisitions, and collects what comes back. The child's exit status is checked.
+    """
+    import os
+    import subprocess
+    import sys
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        child_env = {**os.environ, "GADGETRON_EXTERNAL_LOG_LEVEL": "WARNING", **(env or {})}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gadgetron", str(port), module, target], env=child_env
+        )
+        listener.settimeout(120.0)
+        try:
+            sock, _ = listener.accept()
+        except TimeoutError:
+            proc.kill()
+            raise ProtocolError(
+                f"node {module}.{target} did not connect back within 120 s"
+            ) from None
+    try:
+        result = stream(
+            MRDConnection(sock), header_xml, acquisitions, config=config, timeout=timeout
+        )
+    finally:
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+    if code != 0 and not result.errors:
+        result.errors.append(f"node process exited with status {code}")
     return result
 
 

@@ -37,6 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     e.add_argument("--name", help="prior name (default: the config's name)")
     e.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    e.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="record the checkpoint's last validation loss instead of computing it afresh",
+    )
     e.set_defaults(func=run_export)
     i = qs.add_parser("info", help="load a prior (name or card) and print its card")
     i.add_argument("prior", help="shipped name ('complex', 'magnitude') or card path")
@@ -85,7 +90,13 @@ def run_train(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from mrprior.priors.cards import export_prior
 
-    card = export_prior(args.checkpoint, args.output, name=args.name, use_ema=not args.raw)
+    card = export_prior(
+        args.checkpoint,
+        args.output,
+        name=args.name,
+        use_ema=not args.raw,
+        validate=not args.no_validate,
+    )
     print(f"exported {card}")
     return 0
 

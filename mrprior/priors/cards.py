@@ -71,11 +71,14 @@ def export_prior(
     *,
     use_ema: bool = True,
     description: str | None = None,
+    validate: bool = True,
 ) -> Path:
     """Write ``NAME.safetensors`` + ``NAME.yaml`` from a training checkpoint; return the card path.
 
     Works on any checkpoint written by :func:`mrprior.priors.training.train` (``last.pt`` or its
-    run directory), including one of a run that is still going.
+    run directory), including one of a run that is still going. With ``validate`` (default) the
+    validation loss of the exported weights is computed afresh on the run's validation split
+    (same fixed slices, σ set and seeds as during training) when the dataset is present.
     """
     from safetensors.torch import save_file
 
@@ -94,7 +97,14 @@ def export_prior(
     wpath = out / f"{name}.safetensors"
     tmp = wpath.with_name(wpath.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": CARD_FORMAT, "name": name})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, wpath)
+    val_loss = _float_or_none(ck.get("val_loss"))
+    val_step = ck.get("val_step")
+    if validate:
+        fresh = _fresh_validation(cfg, state)
+        if fresh is not None:
+            val_loss, val_step = fresh, int(ck["step"])
     try:
         import json
 
@@ -132,7 +142,8 @@ def export_prior(
             "config": to_dict(cfg),
             "steps": int(ck["step"]),
             "images_seen": int(ck.get("images_seen", 0)),
-            "validation_loss": _float_or_none(ck.get("val_loss")),
+            "validation_loss": val_loss,
+            "validation_loss_at_step": None if val_step is None else int(val_step),
             "best_validation_loss": _float_or_none(ck.get("best_val")),
             "world_size": int(ck.get("world_size", 1)),
             "code_version": ck.get("code_version"),
@@ -149,6 +160,23 @@ def export_prior(
     os.replace(tmpc, cpath)
     logger.info("exported %s (%d steps) → %s", name, card["training"]["steps"], cpath)
     return cpath
+
+
+def _fresh_validation(cfg: Any, state: dict[str, torch.Tensor]) -> float | None:
+    """Validation loss of ``state`` on ``cfg.dataset``'s val split (None without one)."""
+    from mrprior.priors.dataset import SliceStore
+    from mrprior.priors.training import validation_loss
+
+    try:
+        val = SliceStore(cfg.dataset, "val")
+    except Exception as exc:  # dataset moved or absent: keep the checkpoint's value
+        logger.warning("no fresh validation loss (%s)", exc)
+        return None
+    if len(val) == 0:
+        return None
+    model = EDMDenoiser(cfg.model)
+    model.load_state_dict(state)
+    return _float_or_none(validation_loss(model, val, cfg, torch.device("cpu")))
 
 
 def _shape_str(shape: Any) -> str:
@@ -292,4 +320,27 @@ def load(name_or_path: str | Path, device: str | torch.device | None = "cpu") ->
         )
     model.load_state_dict(tensors)
     prior = NetworkPrior(model, float(card["sigma_min"]), float(card["sigma_max"]), card=card)
+    return prior.to(resolve_device(device))
+
+
+def prior_from_checkpoint(
+    checkpoint: str | Path, device: str | torch.device | None = "cpu", *, use_ema: bool = True
+) -> NetworkPrior:
+    """A :class:`NetworkPrior` straight from a training checkpoint (our own ``last.pt``).
+
+    For monitoring a run before export; checkpoints are read with ``weights_only=True``.
+    Shipped priors are loaded with :func:`load` (safetensors + card) instead.
+    """
+    from mrprior.backend import resolve_device
+    from mrprior.priors.training import config_from_checkpoint, load_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    cfg = config_from_checkpoint(ck)
+    model = EDMDenoiser(cfg.model)
+    model.load_state_dict(ck["ema" if use_ema else "model"])
+    card = {
+        "name": f"{cfg.name}@{int(ck['step'])}",
+        "training": {"steps": int(ck["step"]), "images_seen": int(ck.get("images_seen", 0))},
+    }
+    prior = NetworkPrior(model, cfg.sigma_min, cfg.sigma_max, card=card)
     return prior.to(resolve_device(device))

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 
 from mrprior.backend import resolve_device
 from mrprior.config import from_dict, to_dict
@@ -255,6 +256,7 @@ def train(
     images_seen = 0
     best_val = math.inf
     last_val = math.nan
+    val_step: int | None = None
     if ckpt_path.exists() and not resume:
         raise CheckpointError(
             f"{ckpt_path} exists: pass --resume to continue it, or choose another out_dir"
@@ -270,6 +272,7 @@ def train(
         images_seen = int(ck.get("images_seen", 0))
         best_val = float(ck.get("best_val", math.inf))
         last_val = float(ck.get("val_loss", math.nan))
+        val_step = ck.get("val_step")
         torch.set_rng_state(ck["rng_torch"])
         logger.info("resumed %s at step %d", ckpt_path, step)
 
@@ -300,6 +303,7 @@ def train(
             "step": step,
             "images_seen": images_seen,
             "val_loss": last_val,
+            "val_step": val_step,
             "best_val": best_val,
             "rng_torch": torch.get_rng_state(),
             "config": cfg_json,
@@ -315,9 +319,7 @@ def train(
         logger.info("checkpoint (%s) at step %d → %s", reason, step, ckpt_path)
 
     if rank == 0:
-        (out / "config.yaml").write_text(
-            __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False)
-        )
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     flag = _StopFlag()
     old_handlers = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -382,6 +384,7 @@ def train(
                 running, imgs_log, t_log = [], 0, time.monotonic()
             if rank == 0 and cfg.val_every and step % cfg.val_every == 0 and len(val_store):
                 last_val = validation_loss(ema, val_store, cfg, device)
+                val_step = step
                 best_val = min(best_val, last_val)
                 metrics.write(
                     json.dumps({"step": step, "val_loss": last_val, "time": time.time()}) + "\n"

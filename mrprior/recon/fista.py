@@ -128,7 +128,7 @@ def bart_scaling(kspace: torch.Tensor, mask: torch.Tensor | None = None) -> floa
     k = kspace.detach()
     if k.ndim != 3:
         raise ValueError(f"kspace must be [C, ky, kx]: {tuple(k.shape)=}")
-    c, ny, nx = k.shape
+    _, ny, nx = k.shape
     pat = (k.abs() > 0).any(dim=0) if mask is None else mask.to(torch.bool)
     y0, cy, _x0, cx = _calib_block(pat.cpu().numpy())
     rows = k[:, y0 : y0 + cy, :]
@@ -142,7 +142,7 @@ def bart_scaling(kspace: torch.Tensor, mask: torch.Tensor | None = None) -> floa
     n = vals.size
     rescale = math.sqrt(nx / cx) * math.sqrt(ny / cy)
     median = vals[n // 2] / rescale
-    p90 = vals[int(math.trunc(n * 0.9))] / rescale
+    p90 = vals[math.trunc(n * 0.9)] / rescale
     vmax = vals[-1] / rescale
     scale = p90 if (vmax - p90) < 2 * (p90 - median) else vmax
     logger.debug(
@@ -152,11 +152,31 @@ def bart_scaling(kspace: torch.Tensor, mask: torch.Tensor | None = None) -> floa
     return float(scale) if scale > 0 else 1.0
 
 
+def lipschitz_bound(
+    A: LinearOperator, iterations: int = 20, device: torch.device | str = "cpu"
+) -> float:
+    """An upper bound of ``||AᴴA||`` (the Lipschitz constant of ``∇½||Ax - y||²``).
+
+    For a :class:`~mrprior.mr.sense.SenseOperator` with a mask in ``[0, 1]`` this is
+    ``max_pixel Σ_c |S_c|²`` (since ``||M F S x||² <= ||S x||²``), free to compute and equal to 1
+    for normalized coil maps, which makes the default step ``0.95`` exactly BART's. Any other
+    operator gets a power iteration on ``A.gram`` (``iterations`` steps on ``device``), which
+    estimates ``||AᴴA||`` from below; the 0.95 factor of the default step leaves the margin.
+    """
+    from mrprior.mr.sense import SenseOperator
+
+    if isinstance(A, SenseOperator) and (
+        A.mask is None or bool(((A.mask >= 0) & (A.mask <= 1)).all())
+    ):
+        return float((A.csm.abs() ** 2).sum(dim=0).max())
+    return power_iteration(A.gram, iterations=iterations, device=device)
+
+
 def l1_wavelet(
     A: LinearOperator,
     y: torch.Tensor,
     lam: float,
-    max_iterations: int = 100,
+    max_iterations: int = 30,
     random_shift: bool = True,
     seed: int | None = 0,
     step: float | None = None,
@@ -175,10 +195,11 @@ def l1_wavelet(
     A : forward operator image ``[H, W]`` -> k-space (a SENSE operator gets a fused normal op).
     y : measured k-space ``A.oshape`` (``[C, ky, kx]``), zeros where not sampled.
     lam : λ in BART's units (``bart pics -l1 -r λ``) when ``scale="bart"``.
-    max_iterations : FISTA iterations (BART's default is 30; 100 converges further).
+    max_iterations : FISTA iterations (default 30 = BART's ``-i`` default; on the BART phantom at
+        λ = 0.01, 30 iterations give a higher PSNR than 100, for BART and for us alike).
     random_shift : new random cyclic shift in ``[0, 2**levels)`` per axis at each iteration.
     seed : seed of the shift generator (same seed -> same result); None = nondeterministic.
-    step : gradient step; default ``0.95 / L`` with ``L`` from a power iteration on ``AᴴA``
+    step : gradient step; default ``0.95 / L`` with ``L`` from :func:`lipschitz_bound`
         (``L = 1`` for normalized maps, so this equals BART's fixed 0.95).
     wavelet, levels : see :class:`~mrprior.recon.wavelet.WaveletTransform`.
     scale : ``"bart"`` (:func:`bart_scaling`), a number, or None (= 1).
@@ -213,7 +234,7 @@ def l1_wavelet(
     gram = normal_operator(A)
     aty = A.adjoint(ys)
     if step is None:
-        lip = power_iteration(A.gram, iterations=20, device=device)
+        lip = lipschitz_bound(A, device=device)
         step = 0.95 / lip if lip > 0 else 0.95
     wt = WaveletTransform(tuple(A.ishape), wavelet=wavelet, levels=levels, device=device)
     period = 2**wt.levels

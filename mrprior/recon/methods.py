@@ -68,10 +68,8 @@ def sense_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult
 @register_method("l1", needs_csm=True)
 def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     """ℓ1-wavelet FISTA (``bart pics -l1 -r lam``); settings: ``lam`` (0.01),
-    ``max_iterations`` (100), ``seed`` (0), ``wavelet`` ("db2")."""
-    s = _settings(
-        "l1", settings, {"lam": 0.01, "max_iterations": 100, "seed": 0, "wavelet": "db2"}
-    )
+    ``max_iterations`` (30, BART's default), ``seed`` (0), ``wavelet`` ("db2")."""
+    s = _settings("l1", settings, {"lam": 0.01, "max_iterations": 30, "seed": 0, "wavelet": "db2"})
     _needs_csm("l1", problem)
     if float(s["lam"]) < 0:
         raise ConfigError(f"l1: lam must be >= 0: {s['lam']}")

@@ -67,7 +67,15 @@ def test_trained_prior_denoises_better_than_identity(exported: Path, tiny_datase
     noisy = clean + sigma * noise
     err_den = (prior.denoise(noisy, sigma) - clean).abs().square().mean()
     err_id = (noisy - clean).abs().square().mean()
+    # the untrained network is D = c_skip·x (zero-initialized output layer)
+    from mrprior.priors.network import NetworkPrior
+    from mrprior.priors.unet import UNetConfig
+
+    arch = {k: v for k, v in prior.card["architecture"].items() if k != "type"}
+    untrained = NetworkPrior.from_config(UNetConfig(**arch), 0.003, 1.2)
+    err_untrained = (untrained.denoise(noisy, sigma) - clean).abs().square().mean()
     assert err_den < 0.5 * err_id
+    assert err_den < 0.9 * err_untrained
 
 
 def test_tampered_weights_refused(exported: Path, tmp_path: Path) -> None:

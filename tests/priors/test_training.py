@@ -13,7 +13,9 @@ import yaml
 
 from mrprior.config import to_dict
 from mrprior.errors import CheckpointError, ConfigError
+from mrprior.priors.dataset import SliceStore
 from mrprior.priors.training import TrainConfig, load_checkpoint, train, validation_loss
+from mrprior.priors.unet import EDMDenoiser
 
 from .conftest import tiny_config
 
@@ -21,20 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_tiny_training_lowers_loss(tiny_dataset: Path, tmp_path: Path) -> None:
-    from mrprior.priors.dataset import SliceStore
-
     cfg = tiny_config(tiny_dataset, tmp_path / "run", max_steps=40, val_every=0)
     val = SliceStore(tiny_dataset, "val")
-    before = validation_loss(
-        __import__("mrprior.priors.unet", fromlist=["EDMDenoiser"]).EDMDenoiser(cfg.model),
-        val,
-        cfg,
-        torch.device("cpu"),
-    )
+    torch.manual_seed(cfg.seed)  # the initialization train() starts from
+    before = validation_loss(EDMDenoiser(cfg.model), val, cfg, torch.device("cpu"))
     summary = train(cfg)
     ck = load_checkpoint(tmp_path / "run")
-    from mrprior.priors.unet import EDMDenoiser
-
     model = EDMDenoiser(cfg.model)
     model.load_state_dict(ck["model"])
     after = validation_loss(model, val, cfg, torch.device("cpu"))
@@ -136,7 +130,33 @@ def test_ddp_two_gloo_processes(tiny_dataset: Path, tmp_path: Path) -> None:
     assert ck["images_seen"] == 3 * 2 * 2  # steps × ranks × per-rank batch
     # DDP keeps the replicas identical: parameters moved from their initialization
     torch.manual_seed(cfg.seed)
-    from mrprior.priors.unet import EDMDenoiser
-
     init = EDMDenoiser(cfg.model).state_dict()
     assert any(not torch.equal(init[k], v) for k, v in ck["model"].items())
+
+
+def test_sigterm_writes_checkpoint_and_exits(tiny_dataset: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    cfg = tiny_config(tiny_dataset, tmp_path / "sig", max_steps=100000, log_every=1)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mrprior", "train", str(tmp_path / "c.yaml")],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "sig" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    ck = load_checkpoint(tmp_path / "sig")
+    assert ck["step"] >= 3 and "stopped by signal" in err

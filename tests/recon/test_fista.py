@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from mrprior.metrics import psnr
+from mrprior.mr.linop import FunctionOperator, power_iteration
 from mrprior.mr.sense import sense_operator
 from mrprior.recon.baselines import cg_sense, zero_filled
-from mrprior.recon.fista import _calib_block, bart_scaling, fista, l1_wavelet
+from mrprior.recon.fista import _calib_block, bart_scaling, fista, l1_wavelet, lipschitz_bound
 from mrprior.recon.wavelet import soft_threshold
 from tests.recon.test_cg import synthetic_problem
 
@@ -35,7 +36,7 @@ def test_fista_converges_on_lasso_with_restart_and_callback():
 
     vals = {}
     for restart in (False, True):
-        hist = []
+        hist: list[float] = []
         x = fista(
             lambda x: m.T @ (m @ x - b),
             lambda v, t: soft_threshold(v, 0.1 * t),
@@ -43,7 +44,7 @@ def test_fista_converges_on_lasso_with_restart_and_callback():
             step=1 / lip,
             max_iterations=500,
             restart=restart,
-            callback=lambda i, x: hist.append(obj(x)),
+            callback=lambda i, x, hist=hist: hist.append(obj(x)),
         )
         assert hist[-1] < hist[0]
         vals[restart] = obj(x)
@@ -110,3 +111,13 @@ def test_calib_block_and_scaling_rule():
     s = bart_scaling(k)
     assert s > 0 and np.isfinite(s)
     assert bart_scaling(3 * k) == pytest.approx(3 * s, rel=1e-6)
+
+
+def test_lipschitz_bound_is_an_upper_bound():
+    prob, _ = synthetic_problem(n=32)
+    A = sense_operator(prob.csm, prob.mask)
+    bound = lipschitz_bound(A)
+    assert bound == pytest.approx(1.0, rel=1e-5)  # normalized maps
+    assert power_iteration(A.gram, iterations=50) <= bound * (1 + 1e-4)
+    generic = FunctionOperator(lambda x: 3 * x, lambda x: 3 * x, (4,), (4,))
+    assert lipschitz_bound(generic) == pytest.approx(9.0, rel=1e-4)

@@ -11,7 +11,7 @@ Setup (shared by both accelerations):
   same maps (the rasterized ``bart phantom -x 256`` image is not used: the analytic k-space's
   Gibbs ringing would dominate every PSNR at ~24.6 dB).
 - BART: ``bart pics -l1 -r 0.01`` with its defaults (FISTA, ``-i 30`` iterations, step 0.95,
-  random wavelet shifts, dau2 wavelet). Ours: :func:`l1_wavelet` with λ = 0.01, 30 iterations,
+  random wavelet shifts, dau2 wavelet), run with ``OMP_NUM_THREADS=1``. Ours: :func:`l1_wavelet` with λ = 0.01, 30 iterations,
   the same BART data scaling. PSNR by :func:`mrprior.metrics.psnr` (magnitude, LS scale fit).
 """
 
@@ -21,8 +21,13 @@ import numpy as np
 import pytest
 import torch
 
-from mrprior.io.cfl import kspace_from_bart, kspace_to_bart, run_bart, run_bart_detailed
-from mrprior.io.cfl import image_from_bart
+from mrprior.io.cfl import (
+    image_from_bart,
+    kspace_from_bart,
+    kspace_to_bart,
+    run_bart,
+    run_bart_detailed,
+)
 from mrprior.metrics import psnr
 from mrprior.mr.fft import ifftc
 from mrprior.mr.sense import sense_operator
@@ -38,7 +43,7 @@ ITERATIONS = 30  # = bart pics default (-i 30)
 @pytest.fixture(scope="module")
 def case():
     kfull = kspace_from_bart(
-        run_bart(["phantom", "-x", "256", "-s", "8", "-k", "k"], outputs=["k"])["k"]
+        run_bart(["phantom", "-x", "256", "-s", "8", "-k", "k"], outputs=["k"], threads=1)["k"]
     )
     rng = np.random.default_rng(0)
     sigma = 0.002 * float(np.abs(kfull).max())
@@ -48,12 +53,14 @@ def case():
     masks = {}
     for name, a in ACCELS.items():
         args = ["poisson", "-Y", "256", "-Z", "256", "-y", str(a), "-z", str(a)]
-        m = run_bart([*args, "-C", "24", "-e", "-s", "1", "m"], outputs=["m"])["m"]
+        m = run_bart([*args, "-C", "24", "-e", "-s", "1", "m"], outputs=["m"], threads=1)["m"]
         masks[name] = np.abs(m.reshape(m.shape[:3], order="F")[0]) > 0
     noisy = (kfull + noise).astype(np.complex64)
     k4 = (noisy * masks["R4"]).astype(np.complex64)
     csm = kspace_from_bart(
-        run_bart(["ecalib", "-m1", "k", "s"], inputs={"k": kspace_to_bart(k4)}, outputs=["s"])["s"]
+        run_bart(
+            ["ecalib", "-m1", "k", "s"], inputs={"k": kspace_to_bart(k4)}, outputs=["s"], threads=1
+        )["s"]
     )
     ref = (ifftc(torch.from_numpy(kfull)) * torch.from_numpy(csm).conj()).sum(0).numpy()
     return {"noisy": noisy, "masks": masks, "csm": csm, "ref": ref}
@@ -69,6 +76,7 @@ def test_l1_wavelet_as_good_as_bart_pics(case, name):
         ["pics", "-d", "5", "-l1", "-r", str(LAM), "k", "s", "x"],
         inputs={"k": kspace_to_bart(k), "s": kspace_to_bart(case["csm"])},
         outputs=["x"],
+        threads=1,
     )
     x_bart = image_from_bart(bart.outputs["x"])
     y = torch.from_numpy(k)

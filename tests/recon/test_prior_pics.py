@@ -162,3 +162,16 @@ def test_plumbing_with_a_tiny_untrained_network_prior(channels):
     for solver in ("hqs", "fista"):
         res = prior_pics_method(c.problem, {"prior": prior, "solver": solver, "iterations": 3})
         assert res.image.shape == (30, 30) and torch.isfinite(res.image).all()
+
+
+@pytest.mark.parametrize("method", ["prior-pics", "prior-sample", "prior-nlinv"])
+def test_shipped_defaults_cover_every_setting(method):
+    """``mrprior/configs/prior_methods.yaml`` lists every tunable setting and validates."""
+    import dataclasses
+
+    from mrprior.recon.prior_methods import _SETTINGS, default_settings
+
+    yaml_keys = set(default_settings()[method])
+    fields = {f.name for f in dataclasses.fields(_SETTINGS[method])} - {"prior", "seed"}
+    assert yaml_keys == fields
+    parse_settings(method, {})
