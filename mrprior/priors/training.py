@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -75,6 +75,10 @@ class TrainConfig:
     device: str = "auto"
     #: torch intra-op threads (0: torch's default)
     threads: int = 0
+    #: mixed precision for the training forward/backward: none | bf16 (autocast; weights, EMA,
+    #: optimizer and validation stay float32). bf16 halves the step time on CPUs with AVX512-BF16
+    #: and on recent GPUs.
+    autocast: Literal["none", "bf16"] = "none"
     log_every: int = 50
     val_every: int = 500
     #: number of validation slices (fixed: evenly spaced over the split, seeded crops)
@@ -348,7 +352,10 @@ def train(
             gen = torch.Generator().manual_seed(int(cfg.seed) * 7919 + rank * 104729 + step)
             sigma = sample_sigma(x.shape[0], cfg.sigma_min, cfg.sigma_max, gen).to(device)
             noise = torch.randn(x.shape, generator=gen).to(device)
-            loss = dsm_loss(net, x, sigma, noise, cfg.model.sigma_data)
+            with torch.autocast(
+                device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"
+            ):
+                loss = dsm_loss(net, x, sigma, noise, cfg.model.sigma_data)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
