@@ -139,6 +139,7 @@ def export_prior(
         "data": data,
         "training": {
             "command": ck.get("command"),
+            "command_history": list(ck.get("command_history") or [ck.get("command")]),
             "config": to_dict(cfg),
             "steps": int(ck["step"]),
             "images_seen": int(ck.get("images_seen", 0)),

@@ -261,6 +261,7 @@ def train(
     best_val = math.inf
     last_val = math.nan
     val_step: int | None = None
+    history: list[str] = []
     if ckpt_path.exists() and not resume:
         raise CheckpointError(
             f"{ckpt_path} exists: pass --resume to continue it, or choose another out_dir"
@@ -277,6 +278,7 @@ def train(
         best_val = float(ck.get("best_val", math.inf))
         last_val = float(ck.get("val_loss", math.nan))
         val_step = ck.get("val_step")
+        history = list(ck.get("command_history") or [ck.get("command")])
         torch.set_rng_state(ck["rng_torch"])
         logger.info("resumed %s at step %d", ckpt_path, step)
 
@@ -293,6 +295,7 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     cfg_json = json.dumps(to_dict(cfg))
+    this_command = command or " ".join(sys.argv)
     from mrprior.priors.prepare import code_version
 
     version = code_version()
@@ -311,7 +314,9 @@ def train(
             "best_val": best_val,
             "rng_torch": torch.get_rng_state(),
             "config": cfg_json,
-            "command": command or " ".join(sys.argv),
+            "command": this_command,
+            # every invocation that contributed to this checkpoint (first run, then resumes)
+            "command_history": [*history, f"{this_command}  # from step {start_step}"],
             "world_size": world,
             "code_version": version,
             "dataset_manifest": json.dumps(_manifest_summary(cfg.dataset)),
@@ -352,9 +357,7 @@ def train(
             gen = torch.Generator().manual_seed(int(cfg.seed) * 7919 + rank * 104729 + step)
             sigma = sample_sigma(x.shape[0], cfg.sigma_min, cfg.sigma_max, gen).to(device)
             noise = torch.randn(x.shape, generator=gen).to(device)
-            with torch.autocast(
-                device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"
-            ):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
                 loss = dsm_loss(net, x, sigma, noise, cfg.model.sigma_data)
             opt.zero_grad(set_to_none=True)
             loss.backward()

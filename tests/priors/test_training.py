@@ -49,6 +49,7 @@ def test_resume_is_bit_identical(tiny_dataset: Path, tmp_path: Path) -> None:
     train(halves, resume=True)
     a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
     assert a["step"] == b["step"] == 6 and a["images_seen"] == b["images_seen"]
+    assert len(b["command_history"]) == 2 and b["command_history"][1].endswith("from step 3")
     for key in ("model", "ema"):
         for name, t in a[key].items():
             assert torch.equal(t, b[key][name]), (key, name)
