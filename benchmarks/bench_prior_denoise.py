@@ -27,6 +27,8 @@ Run::
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import math
 import shlex
 import sys
@@ -131,21 +133,28 @@ def speed_table(args: argparse.Namespace) -> str:
             opt: torch.optim.Optimizer = opt,
             x: torch.Tensor = x,
             sig: torch.Tensor = sig,
+            bf16: bool = False,
         ) -> None:
             noisy = x + sig[:, None, None, None] * torch.randn_like(x)
-            loss = (model(noisy, sig) - x).square().mean()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = (model(noisy, sig) - x).square().mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
 
-        for threads in args.threads:
+        for threads, precision in itertools.product(args.threads, ("fp32", "bf16")):
             torch.set_num_threads(threads)
-            t = timeit(step, repeat=args.speed_repeat, warmup=1)
+            t = timeit(
+                functools.partial(step, bf16=precision == "bf16"),
+                repeat=args.speed_repeat,
+                warmup=1,
+            )
             rows.append(
                 [
                     label,
                     f"{n_params / 1e6:.2f} M",
                     threads,
+                    precision,
                     f"{8 / t.best:.2f}",
                     f"{8 / t.median:.2f}",
                     f"{8 / t.cpu_median:.2f}",
@@ -153,7 +162,16 @@ def speed_table(args: argparse.Namespace) -> str:
             )
         model.eval().requires_grad_(False)
     return markdown_table(
-        ["prior", "params", "threads", "img/s (best)", "img/s (median)", "img per CPU-s"], rows
+        [
+            "prior",
+            "params",
+            "threads",
+            "autocast",
+            "img/s (best)",
+            "img/s (median)",
+            "img per CPU-s",
+        ],
+        rows,
     )
 
 
