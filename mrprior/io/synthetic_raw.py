@@ -149,7 +149,15 @@ def write_cartesian_raw(
     imaging = slices[0].lines.sum()
     accel = round(ny / max(int(imaging), 1))
     header = _header(
-        c, ny, nx_enc, nx, fov_mm, readout_oversampling, n_sl, n_rep, accel,
+        c,
+        ny,
+        nx_enc,
+        nx,
+        fov_mm,
+        readout_oversampling,
+        n_sl,
+        n_rep,
+        accel,
         int(slices[0].calib_lines.sum()),
     )
 
@@ -159,7 +167,9 @@ def write_cartesian_raw(
         path.unlink()
     ds = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
     try:
-        ds.write_xml_header(header.toXML("utf-8") if hasattr(header, "toXML") else xsd.ToXML(header))
+        ds.write_xml_header(
+            header.toXML("utf-8") if hasattr(header, "toXML") else xsd.ToXML(header)
+        )
         counter = 0
         if noise_scan is not None:
             noise_scan = np.asarray(noise_scan, dtype=np.complex64)

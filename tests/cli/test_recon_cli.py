@@ -64,9 +64,12 @@ def test_recon_several_inputs_into_directory(raw, tmp_path):
     out_dir = tmp_path / "out"
     rc = main(["recon", str(raw), str(second), "--method", "zerofill", "-o", str(out_dir), "-q"])
     assert rc == 0
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted(
+    assert sorted(p.name for p in out_dir.glob("*.h5")) == sorted(
         [f"{raw.stem}_recon.h5", "second_recon.h5"]
     )
+    # several inputs go through the batch runner: a report and one done-marker per output
+    assert (out_dir / "batch_report.json").is_file()
+    assert len(list(out_dir.glob("*.done.json"))) == 2
 
 
 @pytest.mark.ismrmrd_tools
