@@ -108,20 +108,34 @@ class PriorNlinvSettings:
 
     iterations: int = 10
     prior_steps: int = 3
+    inner_iterations: int = 6
     alpha0: float = 1.0
     q: float = 0.5
     cg_iterations: int = 30
     sobolev_a: float = 220.0
     sobolev_b: float = 32.0
-    sigma_start: float = 0.05
-    sigma_end: float = 0.01
-    kappa: float = 1.0
+    sigma_start: float = 0.1
+    sigma_end: float = 0.005
+    kappa: float = 0.5
+    mu_min: float = 1e-4
+    hqs_cg_iterations: int = 5
     noise_std: float | None = None
     prior: Any = "complex"
     seed: int = 0
 
     def validate(self) -> None:
-        _positive(self, "iterations", "alpha0", "cg_iterations", "kappa", "noise_std")
+        _positive(
+            self,
+            "iterations",
+            "inner_iterations",
+            "alpha0",
+            "cg_iterations",
+            "hqs_cg_iterations",
+            "kappa",
+            "noise_std",
+        )
+        if self.mu_min < 0:
+            raise ConfigError(f"mu_min must be >= 0, got {self.mu_min}")
         _check_sigmas(self)
         if not 0 <= self.prior_steps <= self.iterations:
             raise ConfigError(f"prior_steps must be in [0, iterations], got {self.prior_steps}")
@@ -314,6 +328,7 @@ def prior_nlinv_method(problem: ReconProblem, settings: dict[str, Any]) -> Recon
         prior,
         max_iterations=s.iterations,
         prior_steps=s.prior_steps,
+        inner_iterations=s.inner_iterations,
         alpha0=s.alpha0,
         q=s.q,
         cg_iterations=s.cg_iterations,
@@ -322,6 +337,8 @@ def prior_nlinv_method(problem: ReconProblem, settings: dict[str, Any]) -> Recon
         noise_std=sn / math.sqrt(2.0),
         sigma=(s.sigma_start, s.sigma_end),
         kappa=s.kappa,
+        mu_min=s.mu_min,
+        hqs_cg_iterations=s.hqs_cg_iterations,
     )
     return ReconResult(
         image=res.image,
