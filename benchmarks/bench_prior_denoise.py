@@ -9,7 +9,10 @@ Compared, each on the same noisy image ``y``:
 
 * ``noisy``: ``y`` itself;
 * ``complex prior``: one step ``D_c(y, σ)`` (= ``y + σ² s(y, σ)``, Tweedie);
-* ``magnitude prior``: ``D_m(|y|, σ) · y/|y|`` (denoised magnitude, noisy phase kept).
+* ``magnitude prior (phase-corrected)``: the default use of a magnitude prior on complex data
+  (:class:`mrprior.priors.network.NetworkPrior`): ``D_m(Re(y e^{−iφ}), σ) e^{iφ}`` with ``φ`` a
+  smooth phase estimate of ``y``;
+* ``magnitude prior (keep phase)``: ``D_m(|y|, σ) · y/|y|`` (denoised magnitude, noisy phase kept).
 
 Metrics: magnitude PSNR / SSIM from :mod:`mrprior.metrics` (least-squares scale fit, whole field
 of view), and complex PSNR ``20 log10(max|x| / RMSE(x̂ − x))`` without any fit (phase errors
@@ -69,9 +72,17 @@ def complex_psnr(x: np.ndarray, ref: np.ndarray) -> float:
 
 def denoise_table(args: argparse.Namespace) -> str:
     mags, subjects = held_out(Path(args.dataset), args.slices)
+    mag_prior = get_prior(args.magnitude)
     priors = {
         "complex prior": get_prior(args.complex),
-        "magnitude prior": get_prior(args.magnitude),
+        "magnitude prior (phase-corrected)": mag_prior,
+        "magnitude prior (keep phase)": NetworkPrior(
+            mag_prior.model,
+            mag_prior.sigma_min,
+            mag_prior.sigma_max,
+            card=mag_prior.card,
+            magnitude_mode="keep-phase",
+        ),
     }
     rows = []
     for sigma in args.sigma:
