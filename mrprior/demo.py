@@ -205,7 +205,7 @@ def _figure(
 
     ref = np.abs(truth)
     cols = 1 + len(recons) + (uncertainty is not None)
-    fig, axes = plt.subplots(2, cols, figsize=(3.0 * cols, 6.2), squeeze=False)
+    fig, axes = plt.subplots(2, cols, figsize=(3.0 * cols, 6.8), squeeze=False)
     vmax = float(np.percentile(ref, 99.5))
     axes[0, 0].imshow(ref, cmap="gray", vmin=0, vmax=vmax)
     axes[0, 0].set_title("reference")
@@ -215,7 +215,7 @@ def _figure(
         axes[0, j].imshow(fitted, cmap="gray", vmin=0, vmax=vmax)
         axes[0, j].set_title(label)
         axes[1, j].imshow(np.abs(fitted - ref), cmap="inferno", vmin=0, vmax=0.2 * vmax)
-        axes[1, j].set_title(f"|error| ({label})", fontsize=9)
+        axes[1, j].set_title("|error| ×5", fontsize=9)
     if uncertainty is not None:
         j = cols - 1
         axes[0, j].imshow(uncertainty, cmap="magma")
