@@ -12,6 +12,7 @@ from mrprior.errors import ConfigError
 from mrprior.evaluation import (
     SAMPLINGS,
     BenchConfig,
+    complex_image,
     heldout_names,
     load_image,
     make_case,
@@ -100,3 +101,22 @@ def test_cli_rejects_unknown_method(tmp_path, capsys):
     rc = main(["bench", "--quick", "--methods", "magic", "--out", str(tmp_path)])
     assert rc == 1
     assert "magic" in capsys.readouterr().err
+
+
+def test_phase_models():
+    img = load_image(heldout_names()[0], 64)
+    obj = img > 0.2
+    phases = {}
+    for name in ("synthetic", "strong", "none"):
+        z = complex_image(img, name, seed=3)
+        assert z.dtype == np.complex64
+        np.testing.assert_allclose(np.abs(z), img, rtol=1e-5, atol=1e-6)  # magnitude kept
+        phases[name] = np.angle(z)[obj]
+    assert np.all(phases["none"] == 0)
+    # "strong" is beyond the training phase model: larger local phase variation
+    grad = {k: np.abs(np.diff(np.unwrap(v))).mean() for k, v in phases.items()}
+    assert grad["strong"] > grad["synthetic"] > 0
+    case = make_case(heldout_names()[0], "poisson8", size=64, phase="none")
+    assert float(np.abs(np.angle(case.truth.numpy()))[img > 0.2].max()) < 1e-6
+    with pytest.raises(ConfigError, match="phase model"):
+        complex_image(img, "random", seed=0)

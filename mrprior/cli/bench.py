@@ -51,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="bench_out", metavar="DIR", help="output directory")
     p.add_argument("--size", type=int, help="matrix size (default 256; --quick: 64)")
     p.add_argument("--snr", type=float, help="simulation SNR (mean object / noise std; 40)")
+    p.add_argument(
+        "--phase",
+        choices=("synthetic", "strong", "none"),
+        help="phase of the simulated images: synthetic (the training phase model; default), "
+        "strong (beyond the training range), none (real images)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny run for CI (one image, 64², few λ)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of simulation, masks and methods")
@@ -68,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from mrprior.evaluation import BenchConfig, quick_config, run_bench, summarize_gain
 
     overrides: dict = {"device": args.device, "seed": args.seed}
-    for key in ("images", "samplings", "methods", "size", "snr"):
+    for key in ("images", "samplings", "methods", "size", "snr", "phase"):
         v = getattr(args, key)
         if v is not None:
             overrides[key] = v
