@@ -30,3 +30,35 @@ def test_shipped_prior_loads_and_card_is_complete(name: str) -> None:
     x = torch.polar(torch.rand(1, 37, 45), torch.rand(1, 37, 45))
     d = prior.denoise(x, 0.1)
     assert d.shape == x.shape and torch.isfinite(torch.view_as_real(d)).all()
+
+
+@pytest.mark.skipif(set(NAMES) != {"complex", "magnitude"}, reason="needs both shipped priors")
+def test_shipped_priors_learned_anatomy() -> None:
+    """One Tweedie denoising step on a held-out slice (MNI152, never trained on) with synthetic
+    phase and complex noise σ = 0.1 per component. The complex prior must gain well over the
+    noisy input (magnitude PSNR) and beat the magnitude prior on the complex image (complex
+    PSNR: phase errors count), in its phase-corrected and keep-phase uses. Measured with the
+    shipped weights: noisy 18.2 dB, complex 34.2 dB (33.4 complex PSNR), magnitude
+    phase-corrected 31.7 complex PSNR, keep-phase 19.8 dB; the thresholds leave a margin."""
+    from mrprior.evaluation import complex_image, load_image
+    from mrprior.metrics import psnr
+    from mrprior.priors.network import NetworkPrior
+
+    def complex_psnr(a: torch.Tensor, ref: torch.Tensor) -> float:
+        return float(20 * torch.log10(ref.abs().max() / (a - ref).abs().pow(2).mean().sqrt()))
+
+    img = load_image("mni152_coronal_140", 256)
+    x = torch.from_numpy(complex_image(img, "synthetic", seed=5))
+    g = torch.Generator().manual_seed(5)
+    noise = torch.complex(torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g))
+    y = (x + 0.1 * noise)[None]
+    mag = load("magnitude")
+    keep = NetworkPrior(mag.model, mag.sigma_min, mag.sigma_max, magnitude_mode="keep-phase")
+    out = {
+        "complex": load("complex").denoise(y, 0.1)[0],
+        "magnitude": mag.denoise(y, 0.1)[0],
+        "keep-phase": keep.denoise(y, 0.1)[0],
+    }
+    assert psnr(out["complex"], x) > psnr(y[0], x) + 12.0
+    assert complex_psnr(out["complex"], x) > complex_psnr(out["magnitude"], x) + 1.0
+    assert psnr(out["complex"], x) > psnr(out["keep-phase"], x) + 8.0
