@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run(args: argparse.Namespace) -> int:
     from mrprior.server import CONFIGS, MRDServer
 
@@ -32,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     logging.getLogger("mrprior").setLevel(min(logging.getLogger().level, logging.INFO))
     server = MRDServer(args.host, args.port).bind()
+    # stop cleanly on Ctrl-C and on SIGTERM (docker stop), also when the parent started us with
+    # SIGINT ignored (a background job of a non-interactive shell inherits SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     print(f"mrprior serve: listening on {args.host}:{server.port} (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()

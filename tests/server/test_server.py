@@ -421,3 +421,29 @@ def test_gadgetron_connect_mode_against_serve(server: MRDServer, raw_a3: RawCase
     )
     assert reply.errors == [] and reply.closed
     check_images(reply.images, raw_a3, max_nrmse=None)
+
+
+@pytest.mark.parametrize("how", ["SIGINT-while-ignored", "SIGTERM"])
+def test_serve_stops_cleanly_on_signals(how: str) -> None:
+    """``mrprior serve`` stops on Ctrl-C even when started with SIGINT ignored (as a background
+    job of a non-interactive shell is), and on SIGTERM (``docker stop``), exiting 0."""
+    import signal
+
+    port = free_port()
+    ignore = how.startswith("SIGINT")
+    serve = subprocess.Popen(
+        [PYTHON, "-m", "mrprior", "serve", "--port", str(port)],
+        env=node_env(),
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore else None,
+    )
+    try:
+        _wait_listening(port)
+        serve.send_signal(signal.SIGINT if ignore else signal.SIGTERM)
+        assert serve.wait(30) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
