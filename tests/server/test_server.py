@@ -346,16 +346,22 @@ def _wait_listening(port: int, timeout: float = 120.0) -> None:
             time.sleep(0.2)
 
 
-def test_cli_serve_and_replay_subprocesses(raw_a3: RawCase, tmp_path) -> None:
-    """``mrprior serve`` in one process, ``mrprior replay`` in another, as a user runs them."""
-    port = free_port()
-    serve = subprocess.Popen(
+def _serve_process(port: int, **kwargs) -> subprocess.Popen:
+    """``mrprior serve --port PORT`` as a user starts it, in its own process."""
+    return subprocess.Popen(
         [PYTHON, "-m", "mrprior", "serve", "--port", str(port)],
         env=node_env(),
         cwd=str(REPO),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        **kwargs,
     )
+
+
+def test_cli_serve_and_replay_subprocesses(raw_a3: RawCase, tmp_path) -> None:
+    """``mrprior serve`` in one process, ``mrprior replay`` in another, as a user runs them."""
+    port = free_port()
+    serve = _serve_process(port)
     try:
         _wait_listening(port)
         out = tmp_path / "out.h5"
@@ -431,12 +437,8 @@ def test_serve_stops_cleanly_on_signals(how: str) -> None:
 
     port = free_port()
     ignore = how.startswith("SIGINT")
-    serve = subprocess.Popen(
-        [PYTHON, "-m", "mrprior", "serve", "--port", str(port)],
-        env=node_env(),
-        cwd=str(REPO),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    serve = _serve_process(
+        port,
         preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore else None,
     )
     try:
