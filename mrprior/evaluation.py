@@ -99,10 +99,15 @@ PHASE_MODELS: dict[str, dict[str, float] | None] = {
 }
 
 
-def complex_image(img: np.ndarray, phase: str, seed: int) -> np.ndarray:
-    """``img · exp(iφ)`` with ``φ`` drawn from the phase model ``phase`` (:data:`PHASE_MODELS`)."""
+def check_phase_model(phase: str) -> None:
+    """Raise :class:`ConfigError` unless ``phase`` names a :data:`PHASE_MODELS` entry."""
     if phase not in PHASE_MODELS:
         raise ConfigError(f"unknown phase model {phase!r}; valid: {list(PHASE_MODELS)}")
+
+
+def complex_image(img: np.ndarray, phase: str, seed: int) -> np.ndarray:
+    """``img · exp(iφ)`` with ``φ`` drawn from the phase model ``phase`` (:data:`PHASE_MODELS`)."""
+    check_phase_model(phase)
     params = PHASE_MODELS[phase]
     if params is None:
         return img.astype(np.complex64)
@@ -353,8 +358,7 @@ class BenchConfig:
             raise ConfigError(f"unknown sampling(s) {bad}; valid: {list(SAMPLINGS)}")
         if not self.images:
             raise ConfigError("no images to evaluate")
-        if self.phase not in PHASE_MODELS:
-            raise ConfigError(f"unknown phase model {self.phase!r}; valid: {list(PHASE_MODELS)}")
+        check_phase_model(self.phase)
         if self.size < 32 or self.size % 2:
             raise ConfigError(f"size must be even and >= 32, got {self.size}")
 

@@ -15,9 +15,9 @@ A **magnitude** prior (1 channel) applied to complex input has two modes:
 
 Either way a magnitude model cannot represent the phase (it is only estimated as smooth) — the
 reason a complex prior should do better on complex data (measured in
-``benchmarks/bench_prior_denoise.py`` and ``mrprior bench``). The phase-corrected mode was
-measured better on held-out complex images (σ = 0.1: 23.4 against 19.1 dB, interim weights) and
-is the fairer comparison.
+``benchmarks/bench_prior_denoise.py`` and ``mrprior bench``). The phase-corrected mode is
+the fairer comparison: on 24 held-out complex images at σ = 0.1 it reaches 34.8 dB (magnitude
+PSNR) against 19.6 dB for keep-phase and 35.3 dB for the complex prior (shipped weights).
 """
 
 from __future__ import annotations
@@ -43,9 +43,13 @@ def smooth_phase(x: torch.Tensor, width: float = 8.0) -> torch.Tensor:
     ky = torch.fft.fftfreq(h, d=1.0 / h, device=x.device)
     kx = torch.fft.fftfreq(w, d=1.0 / w, device=x.device)
     g = torch.exp(-(ky[:, None] ** 2 + kx[None, :] ** 2) / (2 * width**2))
-    low = torch.fft.ifft2(torch.fft.fft2(x) * g)
-    mag = low.abs()
-    return torch.where(mag > 0, low / mag.clamp_min(1e-30), torch.ones_like(low))
+    return _unit_phasor(torch.fft.ifft2(torch.fft.fft2(x) * g))
+
+
+def _unit_phasor(z: torch.Tensor) -> torch.Tensor:
+    """``z/|z|`` (1 where ``z = 0``)."""
+    mag = z.abs()
+    return torch.where(mag > 0, z / mag.clamp_min(1e-30), torch.ones_like(z))
 
 
 class NetworkPrior:
@@ -138,10 +142,8 @@ class NetworkPrior:
                 d = self.model(xr, s)
                 return torch.complex(d[:, 0], d[:, 1])
             if self.magnitude_mode == "keep-phase":
-                mag = x.abs()
-                d = self.model(mag[:, None], s)[:, 0]
-                unit = torch.where(mag > 0, x / mag.clamp_min(1e-30), torch.ones_like(x))
-                return d.clamp_min(0).to(torch.complex64) * unit
+                d = self.model(x.abs()[:, None], s)[:, 0]
+                return d.clamp_min(0).to(torch.complex64) * _unit_phasor(x)
             unit = smooth_phase(x, self.phase_lowpass)
             d = self.model((x * unit.conj()).real[:, None].contiguous(), s)[:, 0]
             return d.to(torch.complex64) * unit

@@ -171,16 +171,11 @@ def irgnm(
     ref = x0 if x_ref is None else x_ref
     for n in range(start, start + max_iterations):
         alpha = max(alpha0 * q**n, alpha_min)
-        dg = op.derivative(x)
-        if coils_only:
-            dg = _CoilPart(dg)
-            rhs = dg.adjoint(y - op.forward(x)) - alpha * (x[1:] - ref[1:])
-            dc = conjugate_gradient(_Regularized(dg, alpha), rhs, max_iterations=cg_iterations)
-            x = torch.cat([x[:1], x[1:] + dc])
-        else:
-            rhs = dg.adjoint(y - op.forward(x)) - alpha * (x - ref)
-            dx = conjugate_gradient(_Regularized(dg, alpha), rhs, max_iterations=cg_iterations)
-            x = x + dx
+        dg = _CoilPart(op.derivative(x)) if coils_only else op.derivative(x)
+        first = 1 if coils_only else 0  # the unknowns updated: coils only, or image and coils
+        rhs = dg.adjoint(y - op.forward(x)) - alpha * (x[first:] - ref[first:])
+        dx = conjugate_gradient(_Regularized(dg, alpha), rhs, max_iterations=cg_iterations)
+        x = torch.cat([x[:first], x[first:] + dx])
         if callback is not None and callback(n, x):
             break
     return x
@@ -205,12 +200,18 @@ class _Regularized(LinearOperator):
 
     def __init__(self, dg: LinearOperator, alpha: float) -> None:
         super().__init__(dg.ishape, dg.ishape, name="DGᴴDG+α")
-        self.dg, self.w = dg, alpha
+        self.dg, self.alpha = dg, alpha
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dg.adjoint(self.dg.forward(x)) + self.w * x
+        return self.dg.adjoint(self.dg.forward(x)) + self.alpha * x
 
     _adjoint = _forward
+
+
+def _coils_and_norm(op: NlinvOperator, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coil maps ``c = W⁻¹ ĉ`` of the unknowns ``x`` and their per-pixel norm ``‖c‖``."""
+    coils = op.coil_maps(x[1:])
+    return coils, coils.abs().pow(2).sum(0).sqrt()
 
 
 def nlinv(
@@ -282,8 +283,7 @@ def nlinv(
         for k in range(prior_steps):
             n = n_plain + k
             x = irgnm(op, ys, x, max_iterations=1, start=n, coils_only=True, **gn)
-            coils = op.coil_maps(x[1:])
-            cn = coils.abs().pow(2).sum(0).sqrt()
+            coils, cn = _coils_and_norm(op, x)
             keep = cn > 1e-6 * cn.max()
             u = x[0] * cn
             if scale is None:
@@ -306,8 +306,7 @@ def nlinv(
             x[0] = torch.where(keep, u / cn.clamp_min(1e-12), x[0])
             if callback is not None and callback(n, x):
                 break
-    coils = op.coil_maps(x[1:])
-    cn = coils.abs().pow(2).sum(0).sqrt()
+    coils, cn = _coils_and_norm(op, x)
     image = x[0] * cn / s
     csm = coils / cn.clamp_min(1e-12)
     return NlinvResult(image=image, csm=csm, x=x)

@@ -48,6 +48,13 @@ def _positive(obj: Any, *names: str) -> None:
             raise ConfigError(f"{n} must be > 0, got {v!r}")
 
 
+def _nonnegative(obj: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if v is not None and v < 0:
+            raise ConfigError(f"{n} must be >= 0, got {v!r}")
+
+
 def _check_sigmas(obj: Any) -> None:
     _positive(obj, "sigma_start", "sigma_end")
     if obj.sigma_end > obj.sigma_start:
@@ -74,8 +81,7 @@ class PriorPicsSettings:
     def validate(self) -> None:
         _positive(self, "iterations", "kappa", "cg_iterations", "lam", "noise_std")
         _check_sigmas(self)
-        if self.mu_min < 0:
-            raise ConfigError(f"mu_min must be >= 0, got {self.mu_min}")
+        _nonnegative(self, "mu_min")
 
 
 @dataclass
@@ -134,8 +140,7 @@ class PriorNlinvSettings:
             "kappa",
             "noise_std",
         )
-        if self.mu_min < 0:
-            raise ConfigError(f"mu_min must be >= 0, got {self.mu_min}")
+        _nonnegative(self, "mu_min")
         _check_sigmas(self)
         if not 0 <= self.prior_steps <= self.iterations:
             raise ConfigError(f"prior_steps must be in [0, iterations], got {self.prior_steps}")
