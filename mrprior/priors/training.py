@@ -443,7 +443,12 @@ def _manifest_summary(dataset: str | Path) -> dict:
         "val_subjects": m.get("val_subjects"),
         "train_subjects": m.get("train_subjects"),
         "sources": [
-            {"path": s.get("path"), "licence": s.get("licence"), "subject": s.get("subject")}
+            {
+                "path": s.get("path"),
+                "licence": s.get("licence"),
+                "subject": s.get("subject"),
+                **({"registry": s["registry"]} if s.get("registry") else {}),
+            }
             for s in m.get("sources", [])
         ],
         "code_version": m.get("code_version"),
