@@ -84,6 +84,11 @@ class PrepareConfig:
     foreground_threshold: float = 0.1
     #: slices with a smaller foreground fraction are dropped as background
     min_foreground: float = 0.05
+    #: images with fewer pixels along a side are not used (through-plane views of a few slices)
+    min_side: int = 8
+    #: images whose two pixel spacings differ by more than this factor are not used
+    #: (through-plane views of thick-slice scans: blocky, not images a scan would produce)
+    max_anisotropy: float = 3.0
     dtype: Literal["uint16", "float32"] = "uint16"
 
     def validate(self) -> None:
@@ -93,6 +98,8 @@ class PrepareConfig:
             raise ConfigError(f"val_fraction: {self.val_fraction} must be in [0, 1)")
         if not 0 <= self.foreground_threshold < 1 or not 0 <= self.min_foreground < 1:
             raise ConfigError("foreground_threshold and min_foreground must be in [0, 1)")
+        if self.min_side < 2 or self.max_anisotropy < 1:
+            raise ConfigError("min_side must be ≥ 2 and max_anisotropy ≥ 1")
         for i, src in enumerate(self.sources):
             if bool(src.path) == bool(src.source):
                 raise ConfigError(f"sources[{i}]: give exactly one of 'path' and 'source'")
@@ -423,6 +430,11 @@ def iter_slices(
         sp = tuple(s for i, s in enumerate(vol.spacing) if i != ax)
         if not all(math.isfinite(s) for s in sp):
             continue  # stack of 2D slices (infinite spacing): no through-plane images
+        shape = [n for i, n in enumerate(data.shape) if i != ax]
+        if min(shape) < cfg.min_side or max(sp) > cfg.max_anisotropy * max(min(sp), 1e-9):
+            for i in range(data.shape[ax]):  # too few pixels or too anisotropic: dropped
+                yield ax, i, None
+            continue
         # one contiguous copy per axis: slicing a strided (reoriented) volume is very slow
         stack = np.ascontiguousarray(np.moveaxis(data, ax, 0))
         for i in range(stack.shape[0]):
@@ -591,6 +603,8 @@ def _prepare(cfg: PrepareConfig, out: Path, progress: bool, command: str | None,
         "settings": {
             "foreground_threshold": cfg.foreground_threshold,
             "min_foreground": cfg.min_foreground,
+            "min_side": cfg.min_side,
+            "max_anisotropy": cfg.max_anisotropy,
             "val_fraction": cfg.val_fraction,
         },
     }
