@@ -85,6 +85,7 @@ class SliceStore:
                 self.scale = float(ds.attrs.get("scale", 1.0))
             self.volume = f["volume"][:][idx]
             self.volumes = json.loads(f.attrs.get("volumes", "[]"))
+            self.subjects = json.loads(f.attrs.get("subjects", "[]"))
         self.path = p
         self.split = split
 
@@ -159,6 +160,11 @@ class BatchStream:
     The global sample position ``q = (k·world + rank)·batch + j`` maps to epoch ``q // N`` and
     to the slice ``perm_epoch[q % N]`` of a per-epoch permutation seeded by ``(seed, epoch)``;
     the augmentation of that sample is seeded by ``(seed, 1, q)``.
+
+    ``balance = α > 0`` reweights subjects: an epoch is then ``N`` draws (with replacement,
+    seeded by ``(seed, epoch)``) where a slice of a subject with ``n_s`` slices has probability
+    ∝ ``n_s^(−α)``; α = 1 shows every subject equally often, α = 0.5 is in between (a subject
+    with few slices, e.g. one shoulder series, is not drowned by thousands of brain slices).
     """
 
     def __init__(
@@ -170,16 +176,34 @@ class BatchStream:
         seed: int,
         rank: int = 0,
         world: int = 1,
+        balance: float = 0.0,
     ) -> None:
         if len(store) == 0:
             raise DataError(f"no {store.split} slices in {store.path}")
+        if balance < 0:
+            raise DataError(f"subject balance {balance} must be ≥ 0")
         self.store, self.cfg, self.channels = store, cfg, channels
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self._perm_cache: dict[int, np.ndarray] = {}
+        self.weights: np.ndarray | None = None
+        if balance > 0:
+            subj = np.asarray(
+                [store.subjects[v] if v < len(store.subjects) else str(v) for v in store.volume]
+            )
+            _, inv, counts = np.unique(subj, return_inverse=True, return_counts=True)
+            w = counts[inv].astype(np.float64) ** (-balance)
+            self.weights = w / w.sum()
 
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perm_cache:
-            self._perm_cache = {epoch: sample_rng(self.seed, 0, epoch).permutation(len(self.store))}
+            rng = sample_rng(self.seed, 0, epoch)
+            n = len(self.store)
+            order = (
+                rng.permutation(n)
+                if self.weights is None
+                else rng.choice(n, size=n, replace=True, p=self.weights)
+            )
+            self._perm_cache = {epoch: order}
         return self._perm_cache[epoch]
 
     def batch(self, step: int) -> torch.Tensor:

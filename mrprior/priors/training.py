@@ -65,6 +65,9 @@ class TrainConfig:
     init_from: str | None = None
     model: UNetConfig = field(default_factory=UNetConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: subject reweighting of the sampling (0: every slice equally often; 1: every subject
+    #: equally often; see :class:`~mrprior.priors.dataset.BatchStream`)
+    subject_balance: float = 0.0
     sigma_min: float = 0.003
     sigma_max: float = 1.2
     batch_size: int = 8
@@ -104,6 +107,8 @@ class TrainConfig:
             )
         if self.batch_size < 1 or self.max_steps < 0 or self.lr <= 0:
             raise ConfigError("batch_size ≥ 1, max_steps ≥ 0 and lr > 0 are required")
+        if self.subject_balance < 0:
+            raise ConfigError(f"subject_balance: {self.subject_balance} must be ≥ 0")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay: {self.ema_decay} must be in [0, 1)")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -351,7 +356,14 @@ def train(
     if cfg.augment.phase == "stored" and train_store.kind != "complex":
         raise ConfigError("augment.phase: 'stored' needs a dataset of complex images")
     stream = BatchStream(
-        train_store, cfg.augment, cfg.model.in_channels, cfg.batch_size, cfg.seed, rank, world
+        train_store,
+        cfg.augment,
+        cfg.model.in_channels,
+        cfg.batch_size,
+        cfg.seed,
+        rank,
+        world,
+        balance=cfg.subject_balance,
     )
     net: torch.nn.Module = model
     if world > 1:

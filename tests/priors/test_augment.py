@@ -113,3 +113,27 @@ def test_config_validation() -> None:
         from_dict(FewSubjectsConfig, {"p_gamma": 2})
     with pytest.raises(ConfigError, match="zoom"):
         from_dict(FewSubjectsConfig, {"zoom": [2, 1]})
+
+
+def test_subject_balance_reweights_sampling(tiny_dataset) -> None:
+    from mrprior.priors.dataset import BatchStream, SliceStore
+
+    store = SliceStore(tiny_dataset, "train")
+    # drop most slices of subject s0 so the two training subjects are unequal
+    keep = np.nonzero(
+        (np.asarray(store.subjects)[store.volume] != "s0") | (np.arange(len(store)) % 8 == 0)
+    )[0]
+    store.data, store.volume = store.data[keep], store.volume[keep]
+    subj = np.asarray(store.subjects)[store.volume]
+    n0 = (subj == "s0").sum()
+    assert 0 < n0 < 0.2 * len(store)
+    plain = BatchStream(store, AugmentConfig(crop=16), 1, 4, seed=0)
+    equal = BatchStream(store, AugmentConfig(crop=16), 1, 4, seed=0, balance=1.0)
+    draws = np.concatenate([equal._perm(e) for e in range(40)])
+    share = (subj[draws] == "s0").mean()
+    assert 0.4 < share < 0.6  # α = 1: both subjects equally often
+    assert sorted(plain._perm(0)) == list(range(len(store)))  # α = 0: a permutation
+    np.testing.assert_array_equal(
+        equal._perm(3),
+        BatchStream(store, AugmentConfig(crop=16), 1, 4, seed=0, balance=1.0)._perm(3),
+    )
