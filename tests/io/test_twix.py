@@ -99,7 +99,8 @@ def test_gre_header_matches_protocol(gre, gre_twix):
     )
     seq = header.sequenceParameters
     tr_ms, te_ms = yaps["alTR"][0] / 1000, yaps["alTE"][0] / 1000
-    assert seq.TR == [tr_ms] and seq.TE == [te_ms]
+    times = {"TR": seq.TR, "TE": seq.TE}
+    assert times == {"TR": [tr_ms], "TE": [te_ms]}
     assert seq.flipAngle_deg == yaps["adFlipAngleDegree"][:1]
     assert seq.TI == []  # inversion off in this protocol
     assert header.experimentalConditions.H1resonanceFrequency_Hz == hdr["Dicom"]["lFrequency"]
