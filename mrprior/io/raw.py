@@ -33,7 +33,7 @@ import numpy as np
 
 from mrprior.errors import DataError, HeaderError
 from mrprior.io.containers import EncodingInfo, Indices, KSpace
-from mrprior.io.twix import is_twix, iter_twix_acquisitions, iter_twix_kspace, read_twix_header
+from mrprior.io.twix import is_twix, iter_twix_acquisitions, read_twix_header, twix_recon_header
 
 logger = logging.getLogger(__name__)
 
@@ -419,10 +419,9 @@ def iter_kspace(
         Not an HDF5 file, truncated HDF5, no ``/dataset/xml`` or ``/dataset/data``, no
         acquisitions, no imaging acquisitions, or any error :class:`AcquisitionBuffer` raises.
     """
-    if is_twix(path):  # Siemens .dat: converted by mrprior.io.twix, same buffer
-        yield from iter_twix_kspace(path, header)
-        return
-    if header is None:
+    if is_twix(path):  # Siemens .dat: acquisitions converted by mrprior.io.twix, same buffer
+        header = twix_recon_header(path, header)
+    elif header is None:
         with _open(path) as f:
             _group(f, path, dataset)  # structure first: "no acquisitions" before header errors
         header = read_header(path, dataset)

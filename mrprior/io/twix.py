@@ -38,12 +38,13 @@ bandwidth ratio of the two ADCs.
 EPI (``alRegridMode`` ≥ 2 ramp sampling, reflected lines, phase-correction navigators) converts
 to ISMRMRD with trajectory ``epi`` and the ramp-sampling description Gadgetron's EPI chain reads,
 but it is not reconstructed here: it needs ramp-sampling regridding and Nyquist-ghost correction
-before it is Cartesian k-space (:func:`iter_twix_kspace` says so).
+before it is Cartesian k-space (:func:`twix_recon_header` says so).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -723,6 +724,14 @@ def iter_measurement_acquisitions(
         if kspace and i == kspace[-1]:
             acq.set_flag(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
         yield acq
+    if counts.other:
+        logger.info(
+            "%s: %d non-imaging scan(s) kept with their ISMRMRD flags (%s); reconstructions "
+            "skip them",
+            meas.path.name,
+            sum(counts.other.values()),
+            ", ".join(f"{n} {k}" for k, n in counts.other.items()),
+        )
     if counts.dropped:
         logger.info(
             "%s: %d MDH(s) without an ISMRMRD equivalent not converted: %s",
@@ -736,8 +745,24 @@ def iter_measurement_acquisitions(
 # entry points used by mrprior.io.raw and the CLI
 # --------------------------------------------------------------------------------------------
 def read_twix_header(path: str | Path, measurement: int = -1) -> xsd.ismrmrdHeader:
-    """The ISMRMRD header of a twix file's measurement (default: the last)."""
-    return build_header(read_measurement(path, measurement))
+    """The ISMRMRD header of a twix file's measurement (default: the last).
+
+    The header needs every MDH (counters, k-space centres, channels), and twixtools reads a
+    VD/VE file's data blocks while parsing them, so the XML is cached per (file, size,
+    modification time, measurement): a recon asks for the header more than once.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return build_header(read_measurement(path, measurement))  # its error names the problem
+    xml = _header_xml_cached(str(path), st.st_size, st.st_mtime_ns, measurement)
+    return xsd.CreateFromDocument(xml)
+
+
+@functools.lru_cache(maxsize=8)
+def _header_xml_cached(path: str, size: int, mtime_ns: int, measurement: int) -> str:
+    return header_xml(build_header(read_measurement(path, measurement)))
 
 
 def iter_twix_acquisitions(
@@ -764,52 +789,13 @@ def check_reconstructable(header: Any, path: str | Path) -> None:
         )
 
 
-def iter_twix_kspace(
-    path: str | Path, header: Any | None = None, measurement: int = -1
-) -> Iterator[Any]:
-    """Yield the :class:`~mrprior.io.containers.KSpace` groups of a twix measurement.
-
-    The acquisitions go through the same :class:`~mrprior.io.raw.AcquisitionBuffer` as ISMRMRD
-    files and streams. Phase-correction, feedback and other non-imaging MDHs are skipped (one
-    log line says how many).
-
-    Raises
-    ------
-    DataError
-        Everything :func:`read_measurement` raises; EPI or non-Cartesian data; anything the
-        buffer raises (the message names the file).
+def twix_recon_header(path: str | Path, header: Any | None = None) -> Any:
+    """The header to reconstruct a twix file with (built if not given), after checking that
+    mrprior can reconstruct it: EPI is refused with the reason (:func:`check_reconstructable`).
     """
-    from mrprior.io.raw import AcquisitionBuffer
-
-    meas = read_measurement(path, measurement)
-    header = build_header(meas) if header is None else header
+    header = read_twix_header(path) if header is None else header
     check_reconstructable(header, path)
-    try:
-        buffer = AcquisitionBuffer(header)
-    except DataError as exc:
-        raise type(exc)(f"{path}: {exc}") from None
-    counts = AcquisitionCounts()
-    emitted = 0
-    try:
-        for acq in iter_measurement_acquisitions(meas, counts):
-            for ks in buffer.add(acq):
-                emitted += 1
-                yield ks
-        for ks in buffer.flush():
-            emitted += 1
-            yield ks
-    except DataError as exc:
-        msg = str(exc)
-        raise type(exc)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
-    if counts.other:
-        logger.info(
-            "%s: skipped %d non-imaging scan(s) (%s): not used by the Cartesian reconstruction",
-            Path(path).name,
-            sum(counts.other.values()),
-            ", ".join(f"{n} {k}" for k, n in counts.other.items()),
-        )
-    if emitted == 0:
-        raise DataError(f"{path}: no imaging acquisitions")
+    return header
 
 
 @dataclass

@@ -192,6 +192,39 @@ def test_convert_refuses_to_overwrite_and_writes_into_a_directory(gre, gre_conve
     assert not list(tmp_path.glob(".*partial"))
 
 
+def test_replay_streams_a_dat_file(gre):
+    from mrprior.replay import load_raw_stream
+
+    text, acqs = load_raw_stream(gre)
+    header = ismrmrd.xsd.CreateFromDocument(text)
+    assert header.acquisitionSystemInformation.receiverChannels == 2
+    assert len(acqs) == 160 and acqs[-1].is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE)
+
+
+def test_multi_raid_file_measurement_selection(gre, tmp_path):
+    """A VD/VE multi-raid file (written by twixtools from gre.dat twice, the first copy's
+    k-space cut to 100 lines, as an adjustment scan would differ): -1 is the last measurement,
+    --measurement picks another; a cut-short multi-raid file is reported as truncated."""
+    scan = twixtools.read_twix(str(gre), verbose=False, keep_acqend=True, parse_pmu=False)[-1]
+    first = dict(scan, mdb=[m for m in scan["mdb"] if m.is_flag_set("ACQEND") or m.cLin < 100])
+    multi = tmp_path / "multi.dat"
+    twixtools.write_twix([first, scan], str(multi), version_is_ve=True)
+    assert read_measurement(multi).count == 2
+    assert len(read_measurement(multi).mdbs) == 160
+    assert len(read_measurement(multi, measurement=0).mdbs) == 100
+    out = tmp_path / "first.h5"
+    assert main(["convert", str(multi), "-o", str(out), "--measurement", "0", "-q"]) == 0
+    enc = EncodingInfo.from_header(read_header(out))
+    assert enc.limits["kspace_encoding_step_1"].maximum == 99
+    _, (ks,) = read_raw(multi)
+    assert ks.mask.all()
+    cut = tmp_path / "cut.dat"
+    cut.write_bytes(multi.read_bytes()[: multi.stat().st_size - 4096])
+    with pytest.raises(DataError, match="truncated twix file: measurement 1 should end at byte"):
+        read_measurement(cut)
+    assert read_measurement(cut, measurement=0).index == 0  # the intact first one still reads
+
+
 # --------------------------------------------------------------------------------------------
 # real scanner data: epi.dat
 # --------------------------------------------------------------------------------------------
