@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := bart ismrmrd-tools
 
-.PHONY: demo test system-deps venv lint clean
+.PHONY: demo test test-data system-deps venv lint clean
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -27,7 +27,12 @@ venv: $(VENV)/.installed
 demo: system-deps venv
 	$(VENV)/bin/mrprior demo
 
-test: system-deps venv
+# real Siemens raw data for tests/io/test_twix.py (twixtools 0.24 sdist, cached in
+# ~/.cache/mrprior/packages, checksum verified; offline: a warning and those tests skip)
+test-data: venv
+	$(PY) -m tests.io.twix_data
+
+test: system-deps venv test-data
 	$(PY) -m pytest -q -m "not cuda"
 
 lint: venv

@@ -124,11 +124,15 @@ def load_raw_stream(
     import h5py
 
     from mrprior.io.raw import iter_acquisitions, read_header
+    from mrprior.io.twix import header_xml, is_twix
 
-    read_header(path, dataset)  # validates the file and its header with clear errors
-    with h5py.File(path, "r") as f:
-        xml = f[dataset]["xml"][0]
-    text = xml.decode("utf-8") if isinstance(xml, bytes) else str(xml)
+    header = read_header(path, dataset)  # validates the file and its header with clear errors
+    if is_twix(path):  # Siemens .dat: the header mrprior.io.twix builds from the protocol
+        text = header_xml(header)
+    else:
+        with h5py.File(path, "r") as f:
+            xml = f[dataset]["xml"][0]
+        text = xml.decode("utf-8") if isinstance(xml, bytes) else str(xml)
     acqs = list(iter_acquisitions(path, dataset))
     if not acqs:
         raise DataError(f"{path}: no acquisitions")

@@ -15,7 +15,17 @@ import sys
 from mrprior.errors import MRPriorError
 
 # sub-command modules, in the order they appear in --help
-COMMANDS = ("recon", "prepare", "data", "train", "bench", "serve", "replay", "demo")
+COMMANDS = (
+    "recon",
+    "convert",
+    "prepare",
+    "data",
+    "train",
+    "bench",
+    "serve",
+    "replay",
+    "demo",
+)
 
 logger = logging.getLogger("mrprior")
 

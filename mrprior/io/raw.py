@@ -33,6 +33,7 @@ import numpy as np
 
 from mrprior.errors import DataError, HeaderError
 from mrprior.io.containers import EncodingInfo, Indices, KSpace
+from mrprior.io.twix import is_twix, iter_twix_acquisitions, read_twix_header, twix_recon_header
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +338,12 @@ def _group(f: h5py.File, path: str | Path, dataset: str, need_data: bool = True)
 
 
 def read_header(path: str | Path, dataset: str = "dataset") -> Any:
-    """Parse the XML header of an ISMRMRD file (raw data, or images written with a header)."""
+    """Parse the XML header of an ISMRMRD file (raw data, or images written with a header).
+
+    A Siemens twix ``.dat`` file gets the header :mod:`mrprior.io.twix` builds from its protocol.
+    """
+    if is_twix(path):
+        return read_twix_header(path)
     with _open(path) as f:
         grp = _group(f, path, dataset, need_data=False)
         try:
@@ -353,7 +359,13 @@ def read_header(path: str | Path, dataset: str = "dataset") -> Any:
 def iter_acquisitions(
     path: str | Path, dataset: str = "dataset", chunk: int = 512
 ) -> Iterator[ismrmrd.Acquisition]:
-    """Yield the acquisitions of an ISMRMRD raw data file in order (read ``chunk`` at a time)."""
+    """Yield the acquisitions of an ISMRMRD raw data file in order (read ``chunk`` at a time).
+
+    A Siemens twix ``.dat`` file yields its acquisitions converted by :mod:`mrprior.io.twix`.
+    """
+    if is_twix(path):
+        yield from iter_twix_acquisitions(path)
+        return
     with _open(path) as f:
         grp = _group(f, path, dataset)
         dset = grp["data"]
@@ -407,7 +419,9 @@ def iter_kspace(
         Not an HDF5 file, truncated HDF5, no ``/dataset/xml`` or ``/dataset/data``, no
         acquisitions, no imaging acquisitions, or any error :class:`AcquisitionBuffer` raises.
     """
-    if header is None:
+    if is_twix(path):  # Siemens .dat: acquisitions converted by mrprior.io.twix, same buffer
+        header = twix_recon_header(path, header)
+    elif header is None:
         with _open(path) as f:
             _group(f, path, dataset)  # structure first: "no acquisitions" before header errors
         header = read_header(path, dataset)
@@ -436,6 +450,9 @@ def read_raw(path: str | Path, dataset: str = "dataset") -> tuple[Any, list[KSpa
 
     Uses :class:`AcquisitionBuffer`, the same path that streamed acquisitions take.
     """
+    if is_twix(path):
+        header = read_header(path)
+        return header, list(iter_kspace(path, header=header))
     with _open(path) as f:
         _group(f, path, dataset)
     header = read_header(path, dataset)
