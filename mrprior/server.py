@@ -278,7 +278,8 @@ def _resolve(hs: _Handshake) -> Any:
 
     For config ``openrecon`` every parameter goes through the OpenRecon label
     (:func:`mrprior.openrecon.openrecon_overrides`, strict). For other configs, parameters that
-    name a recon setting override it and the rest are ignored (FIRE clients send their own keys).
+    name a recon setting (or ``settings.<key>``, checked by the method) override it; the rest
+    are ignored (FIRE clients send keys of their own).
     """
     from mrprior.openrecon import CONFIG_NAME, openrecon_overrides
 
@@ -289,7 +290,7 @@ def _resolve(hs: _Handshake) -> Any:
     if hs.parameters:
         known = _setting_names(resolve_recon_config(hs.config_name, {}, hs.yaml_path))
         for key, value in hs.parameters.items():
-            if key in known:
+            if key in known or key.startswith("settings."):
                 overrides[key] = value
             else:
                 logger.debug("config parameter %r is not a recon setting: ignored", key)
