@@ -216,16 +216,22 @@ def play(
 
 @contextlib.contextmanager
 def launch_gadget(
-    module: str = "mrprior_gadget", target: str = "mrprior_gadget", accept_timeout: float = 120.0
+    module: str = "mrprior_gadget",
+    target: str | None = "mrprior_gadget",
+    accept_timeout: float = 120.0,
 ) -> Any:
-    """Start a node exactly as Gadgetron does and yield a :class:`GadgetronRole` on its socket."""
+    """Start a node exactly as Gadgetron does and yield a :class:`GadgetronRole` on its socket.
+
+    ``target=None`` starts ``python -m gadgetron <port> <module>``, as Gadgetron starts the
+    workers of a distributed chain (their re-serialized ``<execute>`` has no target).
+    """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     listener.settimeout(accept_timeout)
     port = listener.getsockname()[1]
     proc = subprocess.Popen(
-        [PYTHON, "-m", "gadgetron", str(port), module, target],
+        [PYTHON, "-m", "gadgetron", str(port), module, *([target] if target else [])],
         env=node_env(),
         cwd=str(REPO),
         stdout=subprocess.PIPE,
