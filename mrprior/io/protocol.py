@@ -64,6 +64,7 @@ __all__ = [
     "MessageWriter",
     "TruncatedMessageError",
     "connect",
+    "enable_keepalive",
     "encode_message",
     "format_log_text",
     "parse_log_text",
@@ -563,6 +564,8 @@ class MRDConnection:
         sock.settimeout(None)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            enable_keepalive(sock)
         self.socket = sock
         self.reader = MessageReader(sock, **limits)
         self.writer = MessageWriter(sock)
@@ -691,8 +694,21 @@ class MRDConnection:
         self.close()
 
 
+def enable_keepalive(
+    sock: socket.socket, idle_s: int = 30, interval_s: int = 10, count: int = 6
+) -> None:
+    """TCP keep-alive on ``sock``: a peer host that vanishes (power, network) is noticed after
+    about ``idle_s + interval_s * count`` seconds of silence, however long a job runs."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+
 def connect(host: str, port: int, *, timeout: float = 30.0, **kwargs: Any) -> MRDConnection:
-    """Open an :class:`MRDConnection` to ``host:port`` (IPv4 or IPv6)."""
+    """Open an :class:`MRDConnection` to ``host:port`` (IPv4 or IPv6); ``timeout`` applies to
+    connecting only (the connection itself blocks, with TCP keep-alive)."""
     try:
         sock = socket.create_connection((host, int(port)), timeout=timeout)
     except OSError as exc:
