@@ -16,6 +16,16 @@ Gadgetron runs ``python -m gadgetron <port> mrprior_gadget mrprior_gadget`` with
 receives CONFIG (the ``<configuration>`` element above) and HEADER, and calls
 :func:`mrprior_gadget` with the connection.
 
+**Gadgetron starts the node without a target** (the workers of a distributed chain:
+Gadgetron re-serializes a worker's ``<execute>`` with ``name`` and ``type`` only, so the worker
+runs ``python -m gadgetron <port> mrprior_gadget``). gadgetron-python then imports the module and
+expects it to handle the connection itself: newer releases let the module register its handler
+(``gadgetron.external.handlers.register_handler``); 1.4.1 looks up a target named ``None`` and
+fails. :func:`serve_module_level`, called when this module (or the ``gadgets/`` shim) is
+imported, covers both: it registers the handler where gadgetron-python supports that, and
+otherwise serves the connection that ``python -m gadgetron`` has just opened and exits with
+status 0.
+
 **Gadgetron connects to a running node** (``<external><connect port="9100"/>...``): start it with
 ``python -m mrprior.gadget --port 9100`` (``gadgetron.external.listen``, one connection at
 a time), or point the chain at ``mrprior serve --port 9100``, which speaks the same protocol and
@@ -36,6 +46,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from mrprior.io.protocol import MRDConnection
@@ -44,7 +55,7 @@ from mrprior.server import normalize_config_name, parse_config_text, resolve_rec
 
 logger = logging.getLogger("mrprior.gadget")
 
-__all__ = ["main", "mrprior_gadget"]
+__all__ = ["main", "mrprior_gadget", "serve_module_level"]
 
 
 def mrprior_gadget(connection: Any) -> NodeStats:
@@ -98,5 +109,60 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
 
+def _launched_without_target(module_name: str) -> bool:
+    """Whether this process is ``python -m gadgetron <port> <module_name>`` (no target)."""
+    argv = sys.argv
+    launcher = Path(argv[0]) if argv else Path()
+    return (
+        len(argv) == 3
+        and launcher.name == "__main__.py"
+        and launcher.parent.name == "gadgetron"
+        and argv[2] == module_name
+    )
+
+
+def _launch_connection() -> Any:
+    """The connection that ``gadgetron.__main__.main`` has opened (its local ``conn``)."""
+    from gadgetron.external import Connection
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("conn")
+        if isinstance(candidate, Connection):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def serve_module_level(module_name: str) -> None:
+    """Serve Gadgetron's connection when the node was started without a target.
+
+    Called at import by this module and by the ``gadgets/`` shim with their own ``__name__``;
+    does nothing unless the process is ``python -m gadgetron <port> <module_name>``.
+    """
+    if not _launched_without_target(module_name):
+        return
+    launcher = sys.modules.get("__main__")
+    if hasattr(launcher, "indirect_target_provider"):  # gadgetron-python with handler hooks
+        from gadgetron.external import handlers
+
+        handlers.register_handler(mrprior_gadget)
+        return
+    connection = _launch_connection()
+    if connection is None:
+        raise RuntimeError(
+            f"{module_name} started as `python -m gadgetron <port> {module_name}` without a "
+            "target, but no open Gadgetron connection was found to serve"
+        )
+    logger.info("started without a target (Gadgetron worker): serving the connection")
+    mrprior_gadget(connection)
+    logging.shutdown()
+    # leave through gadgetron's `with` block (it closes the already closed connection) with
+    # status 0, before it looks up the missing target
+    raise SystemExit(0)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    serve_module_level(__name__)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from mrprior.backend import get_xp, resolve_device, to_numpy, to_torch
+from mrprior.cancellation import check_cancelled
 from mrprior.config import apply_overrides, from_dict, load_yaml
 from mrprior.errors import ConfigError, DataError, MRPriorError
 from mrprior.io.containers import ImageSeries, KSpace
@@ -392,6 +393,7 @@ def reconstruct(kspace: KSpace, cfg: ReconConfig) -> ImageSeries:
         Unknown method or invalid settings.
     """
     t0 = time.perf_counter()
+    check_cancelled()
     if kspace.is_3d:
         raise DataError(
             f"3D k-space {tuple(kspace.data.shape)} is not supported: the methods are 2D"
@@ -411,6 +413,7 @@ def reconstruct(kspace: KSpace, cfg: ReconConfig) -> ImageSeries:
         noise_std=_noise_std(ks),
         calib=calib,
     )
+    check_cancelled()
     result = method(problem, method_settings(cfg))
     t_rec = time.perf_counter()
     ny, nx = ks.encoding.recon_matrix[1], ks.encoding.recon_matrix[0]
@@ -482,6 +485,9 @@ def _make_image(
     meta["ImageProcessingHistory"] = history
     meta["ImageComment"] = f"{role} {series.method}"
     meta["SequenceDescriptionAdditional"] = series.method
+    meta["Keep_image_geometry"] = "1"  # scanners: keep the header's geometry as sent
+    meta["ImageRowDir"] = [f"{float(v):.18f}" for v in img.read_dir]
+    meta["ImageColumnDir"] = [f"{float(v):.18f}" for v in img.phase_dir]
     img.meta = meta
     return img
 

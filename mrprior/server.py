@@ -26,15 +26,17 @@ import logging
 import re
 import socket
 import threading
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
+from mrprior.cancellation import Cancelled, CancelToken
 from mrprior.config import to_dict
 from mrprior.errors import ConfigError, MRPriorError, ProtocolError
-from mrprior.io.protocol import MessageId, MRDConnection
-from mrprior.node import NodeStats, fail, process
+from mrprior.io.protocol import Dialect, Message, MessageId, MRDConnection
+from mrprior.node import KEEPALIVE_S, NodeStats, fail, process
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ __all__ = [
     "CONFIGS",
     "RESERVED_PROPERTIES",
     "MRDServer",
+    "dialect_of",
     "handle_connection",
     "parse_config_text",
     "register_config",
@@ -70,6 +73,8 @@ register_config("mrprior_l1", {"method": "l1"})
 register_config("mrprior_prior", {"method": "prior-pics"})
 register_config("mrprior_sample", {"method": "prior-sample"})
 register_config("mrprior_nlinv", {"method": "prior-nlinv"})
+# Siemens OpenRecon: the UI parameters (JSON TEXT) map onto settings through the label
+register_config("openrecon", {})
 
 
 def normalize_config_name(name: str | None) -> str:
@@ -189,14 +194,55 @@ class _Handshake:
     overrides: dict[str, Any] = field(default_factory=dict)
     yaml_path: str | None = None
     header: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def dialect_of(first: Message) -> Dialect:
+    """The dialect of a peer, from its first message.
+
+    Gadgetron opens an external node with CONFIG_TEXT holding its ``<configuration>`` element
+    (or an empty text / a bare XML declaration when the chain has none). Everything else — a
+    CONFIG_FILE name, a JSON config, any other XML or a bare name in CONFIG_TEXT — is an MRD
+    (FIRE / OpenRecon / python-ismrmrd-server) client. A TEXT message during the opening also
+    marks an MRD client (Gadgetron never sends one); see :func:`_read_handshake`.
+    """
+    if first.id is MessageId.CONFIG_TEXT:
+        body = re.sub(r"^<\?xml[^>]*\?>", "", str(first.payload).strip().strip("\0")).strip()
+        if not body or re.match(r"<configuration[\s/>]", body):
+            return Dialect.GADGETRON
+        return Dialect.MRD
+    if first.id is MessageId.CONFIG_FILE:
+        return Dialect.MRD
+    return Dialect.GADGETRON
+
+
+def _take_text(conn: MRDConnection, hs: _Handshake, text: str) -> None:
+    """A TEXT during the opening: FIRE's JSON ``{"parameters": {...}}`` (configAdditional)."""
+    conn.dialect = Dialect.MRD
+    try:
+        name, props = parse_config_text(text)
+    except ConfigError as exc:
+        note = f"ignoring a TEXT message that is not a JSON config: {exc}"
+        logger.warning("%s", note)
+        with contextlib.suppress(OSError, ProtocolError):
+            conn.report("WARNING", f"mrprior: {note}")
+        return
+    if name:
+        hs.config_name = normalize_config_name(name)
+    hs.parameters.update(props)
 
 
 def _read_handshake(conn: MRDConnection) -> _Handshake | None:
-    """CONFIG, HEADER and the optional JSON TEXT; None when the peer closes before a header."""
+    """Config, optional JSON TEXT, HEADER, optional JSON TEXT; None when the peer closes early.
+
+    Sets ``conn.dialect`` as soon as the first message has arrived, so that every later error
+    reaches the peer in its own terms.
+    """
     msg = conn.read_message(eof_ok=True)
     if msg is None or msg.id is MessageId.CLOSE:
         logger.info("connection closed before any config was sent")
         return None
+    conn.dialect = dialect_of(msg)
     if msg.id is MessageId.CONFIG_FILE:
         name, props = msg.payload, {}
     elif msg.id is MessageId.CONFIG_TEXT:
@@ -208,39 +254,53 @@ def _read_handshake(conn: MRDConnection) -> _Handshake | None:
     hs.overrides.update(props)
     msg = conn.read_message()
     assert msg is not None
+    while msg.id is MessageId.TEXT:  # OpenRecon / FIRE parameters before the header
+        _take_text(conn, hs, msg.payload)
+        msg = conn.read_message()
+        assert msg is not None
     if msg.id is MessageId.CLOSE:
         logger.info("connection [%s] closed before the header", hs.config_name)
         return None
     if msg.id is not MessageId.HEADER:
         raise ProtocolError(f"expected HEADER after the config, got {msg.id.name}")
     hs.header = msg.payload
+    msg = conn.read_message()  # FIRE's client sends its configAdditional right after the header
+    assert msg is not None
+    if msg.id is MessageId.TEXT:
+        _take_text(conn, hs, msg.payload)
+    else:
+        conn.unread(msg)
     return hs
 
 
-def _apply_additional_text(conn: MRDConnection, hs: _Handshake) -> None:
-    """FIRE's optional configAdditional: a TEXT with JSON right after the header."""
-    msg = conn.read_message()
-    assert msg is not None
-    if msg.id is not MessageId.TEXT:
-        conn.unread(msg)
-        return
-    try:
-        name, props = parse_config_text(msg.payload)
-    except ConfigError as exc:
-        logger.warning("ignoring additional config text: %s", exc)
-        return
-    if name:
-        hs.config_name = normalize_config_name(name)
-    known = _setting_names(resolve_recon_config(hs.config_name, {}, hs.yaml_path))
-    for key, value in props.items():
-        if key in known:
-            hs.overrides[key] = value
-        else:
-            logger.debug("additional config parameter %r is not a recon setting: ignored", key)
+def _resolve(hs: _Handshake) -> Any:
+    """The ReconConfig of a handshake: registry entry, config properties, JSON parameters.
+
+    For config ``openrecon`` every parameter goes through the OpenRecon label
+    (:func:`mrprior.openrecon.openrecon_overrides`, strict). For other configs, parameters that
+    name a recon setting (or ``settings.<key>``, checked by the method) override it; the rest
+    are ignored (FIRE clients send keys of their own).
+    """
+    from mrprior.openrecon import CONFIG_NAME, openrecon_overrides
+
+    if hs.config_name == CONFIG_NAME:
+        overrides = {**hs.overrides, **openrecon_overrides(hs.parameters)}
+        return resolve_recon_config(hs.config_name, overrides, hs.yaml_path)
+    overrides = dict(hs.overrides)
+    if hs.parameters:
+        known = _setting_names(resolve_recon_config(hs.config_name, {}, hs.yaml_path))
+        for key, value in hs.parameters.items():
+            if key in known or key.startswith("settings."):
+                overrides[key] = value
+            else:
+                logger.debug("config parameter %r is not a recon setting: ignored", key)
+    return resolve_recon_config(hs.config_name, overrides, hs.yaml_path)
 
 
-def handle_connection(conn: MRDConnection) -> NodeStats | None:
-    """Serve one MRD connection: handshake, choose the recon, run :func:`mrprior.node.process`.
+def handle_connection(
+    conn: MRDConnection, *, token: CancelToken | None = None, keepalive_s: float = KEEPALIVE_S
+) -> NodeStats | None:
+    """Serve one MRD connection: opening, dialect, recon choice, then :func:`mrprior.node.process`.
 
     Never raises for anything the peer does; returns the node's stats (None when the peer closed
     before sending a header, or the stats of the failure).
@@ -252,12 +312,12 @@ def handle_connection(conn: MRDConnection) -> NodeStats | None:
             conn.close()
             return None
         name = hs.config_name
-        _apply_additional_text(conn, hs)
-        name = hs.config_name
-        cfg = resolve_recon_config(hs.config_name, hs.overrides, hs.yaml_path)
-    except Exception as exc:  # handshake failures end in ERROR + CLOSE like any other
+        cfg = _resolve(hs)
+    except Exception as exc:  # handshake failures end in an error + CLOSE like any other
         return NodeStats(config_name=name, error=fail(conn, name, exc))
-    return process(conn, name, hs.header, cfg)
+    if token is not None and token.cancelled:
+        return NodeStats(config_name=name, error=fail(conn, name, Cancelled(token.reason)))
+    return process(conn, name, hs.header, cfg, token=token, keepalive_s=keepalive_s)
 
 
 class MRDServer:
@@ -270,13 +330,29 @@ class MRDServer:
         accept remote clients).
     port : int
         TCP port; 0 picks a free one (see :attr:`port` after :meth:`bind`).
+    keepalive_s : float
+        Seconds between progress TEXT messages to MRD clients during a reconstruction.
+
+    Notes
+    -----
+    Stopping (:meth:`shutdown`, also what ``mrprior serve`` does on SIGTERM / SIGINT): the
+    listening socket closes at once (no new connections); running connections get ``grace_s``
+    seconds to finish, then are cancelled — the reconstruction stops at its next iteration, the
+    images already made have been delivered, the client gets an error naming the shutdown, and
+    CLOSE. Every connection thread has ended when :meth:`shutdown` returns (unless one is stuck
+    beyond ``grace_s + cancel_s``, which is logged).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 9002) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 9002, *, keepalive_s: float = KEEPALIVE_S
+    ) -> None:
         self.host = host
         self.requested_port = int(port)
+        self.keepalive_s = float(keepalive_s)
         self._sock: socket.socket | None = None
         self._threads: list[threading.Thread] = []
+        self._tokens: dict[threading.Thread, CancelToken] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connections = 0
@@ -288,6 +364,12 @@ class MRDServer:
         if self._sock is None:
             raise RuntimeError("server is not bound")
         return int(self._sock.getsockname()[1])
+
+    @property
+    def active(self) -> int:
+        """Connections being served now."""
+        with self._lock:
+            return sum(t.is_alive() for t in self._threads)
 
     def bind(self) -> MRDServer:
         """Create the listening socket."""
@@ -302,15 +384,17 @@ class MRDServer:
                 f"cannot listen on {self.host}:{self.requested_port}: {exc}"
             ) from None
         sock.listen(16)
-        sock.settimeout(0.5)
+        sock.settimeout(0.2)
         self._sock = sock
         logger.info("MRD server listening on %s:%d", self.host, self.port)
         return self
 
-    def _serve_one(self, sock: socket.socket, peer: Any) -> None:
+    def _serve_one(self, sock: socket.socket, peer: Any, token: CancelToken) -> None:
         logger.info("connection from %s", peer)
         try:
-            stats = handle_connection(MRDConnection(sock))
+            stats = handle_connection(
+                MRDConnection(sock), token=token, keepalive_s=self.keepalive_s
+            )
             if stats is not None:
                 self.stats.append(stats)
         except Exception:  # keep the server alive whatever a connection does
@@ -319,7 +403,7 @@ class MRDServer:
                 sock.close()
 
     def serve_forever(self) -> None:
-        """Accept connections until :meth:`shutdown` (or KeyboardInterrupt)."""
+        """Accept connections until :meth:`request_stop` / :meth:`shutdown`."""
         if self._sock is None:
             self.bind()
         assert self._sock is not None
@@ -332,15 +416,23 @@ class MRDServer:
                 if self._stop.is_set():
                     break
                 raise
+            if self._stop.is_set():  # accepted while stopping: refuse politely
+                with contextlib.suppress(OSError):
+                    sock.close()
+                break
             self.connections += 1
+            token = CancelToken()
             t = threading.Thread(
                 target=self._serve_one,
-                args=(sock, peer),
+                args=(sock, peer, token),
                 name=f"mrd-{self.connections}",
                 daemon=True,
             )
+            with self._lock:
+                self._threads = [th for th in self._threads if th.is_alive()] + [t]
+                self._tokens = {th: tk for th, tk in self._tokens.items() if th.is_alive()}
+                self._tokens[t] = token
             t.start()
-            self._threads = [th for th in self._threads if th.is_alive()] + [t]
 
     def start(self) -> MRDServer:
         """Serve in a background thread (for tests and in-process use)."""
@@ -350,16 +442,55 @@ class MRDServer:
         self._thread.start()
         return self
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop accepting, wait for running connections, close the socket."""
+    def request_stop(self) -> None:
+        """Stop accepting new connections (safe to call from a signal handler)."""
         self._stop.set()
-        if self._thread is not None:
+
+    def cancel_all(self, reason: str = "server shutting down") -> int:
+        """Cancel every running connection's job; returns how many were running."""
+        with self._lock:
+            running = [(t, tk) for t, tk in self._tokens.items() if t.is_alive()]
+        for _, token in running:
+            token.cancel(reason)
+        return len(running)
+
+    def shutdown(self, timeout: float = 10.0, *, grace_s: float | None = None) -> bool:
+        """Stop accepting, let running connections finish for ``grace_s``, cancel the rest.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for cancelled connections to end (each stops at its next iteration).
+        grace_s : float, optional
+            Seconds running connections may take to finish before they are cancelled
+            (default: ``timeout``).
+
+        Returns
+        -------
+        bool
+            True when every connection thread has ended.
+        """
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        for t in self._threads:
-            t.join(timeout)
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.close()
+        with self._lock:
+            threads = list(self._threads)
+        grace = timeout if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if self.cancel_all():
+            logger.warning("cancelling running connections: server shutting down")
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in threads if t.is_alive()]
+        if stuck:
+            logger.error("connections still running after shutdown: %s", ", ".join(stuck))
+        return not stuck
 
     def __enter__(self) -> MRDServer:
         return self.start()

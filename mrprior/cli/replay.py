@@ -23,8 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="stream a raw ISMRMRD file to a running node (or an in-process one)",
         description=(
             "Send the file's header and acquisitions (noise scans included) over the MRD "
-            "protocol, collect every returned image into an ISMRMRD HDF5 file, and report "
-            "throughput and per-slice latency. Exits non-zero if the node sends ERROR."
+            "protocol as a FIRE client does (config name, header, --set overrides as JSON "
+            "parameters TEXT), print the node's TEXT messages with their level, collect every "
+            "returned image into an ISMRMRD HDF5 file (images of a series that differ in size "
+            "go to separate groups), and report throughput and per-slice latency. Exits "
+            "non-zero if the node reports an error."
         ),
     )
     p.add_argument("raw", help="raw ISMRMRD HDF5 file")
@@ -37,11 +40,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="recon setting sent as a config property (repeatable)",
+        help="recon setting sent in the JSON parameters (repeatable)",
     )
     p.add_argument("-o", "--output", required=True, help="output ISMRMRD image file (.h5)")
     p.add_argument("--png", metavar="DIR", help="also write PNG files to DIR")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait per message")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="give up after S seconds without a byte from the node (default: wait as long as "
+        "the connection, or the --local node, is alive; mrprior serve sends progress while it "
+        "works)",
+    )
+    p.add_argument(
+        "--quiet-node",
+        action="store_true",
+        help="do not print the node's INFO/WARNING TEXT messages (errors are always shown)",
+    )
     p.set_defaults(func=run)
 
 
@@ -54,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
     from mrprior.replay import replay
 
     overrides = _parse_set(args.set)
+    if not args.quiet_node:  # show the node's TEXT messages with their level as they arrive
+        import logging
+
+        node_log = logging.getLogger("mrprior.replay")
+        if node_log.getEffectiveLevel() > logging.INFO:
+            node_log.setLevel(logging.INFO)
     result = replay(
         args.raw,
         host=args.host,

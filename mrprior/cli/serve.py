@@ -21,14 +21,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=9002, help="TCP port (default: 9002)")
     p.add_argument("--list-configs", action="store_true", help="print the config names and exit")
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT, seconds running reconstructions may take to finish before they "
+        "are cancelled (default: 5; a second signal cancels at once)",
+    )
+    p.add_argument(
+        "--keepalive",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between progress TEXT messages to MRD clients during a reconstruction "
+        "(default: 5; 0: none). Gadgetron peers never get TEXT.",
+    )
     p.set_defaults(func=run)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def run(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
     from mrprior.server import CONFIGS, MRDServer
 
     if args.list_configs:
@@ -36,16 +51,33 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:20s} {overrides or '(defaults from recon.yaml)'}")
         return 0
     logging.getLogger("mrprior").setLevel(min(logging.getLogger().level, logging.INFO))
-    server = MRDServer(args.host, args.port).bind()
+    server = MRDServer(args.host, args.port, keepalive_s=args.keepalive).bind()
+    signals: list[str] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        # only set flags here: the main thread stops accepting and shuts down in order
+        signals.append(signal.Signals(signum).name)
+        server.request_stop()
+        if len(signals) > 1:
+            server.cancel_all(f"server stopping ({signals[-1]})")
+
     # stop cleanly on Ctrl-C and on SIGTERM (docker stop), also when the parent started us with
     # SIGINT ignored (a background job of a non-interactive shell inherits SIG_IGN)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _interrupt)
+        signal.signal(sig, on_signal)
     print(f"mrprior serve: listening on {args.host}:{server.port} (Ctrl-C to stop)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown(timeout=1.0)
+    server.serve_forever()
+    running = server.active
+    print(
+        f"mrprior serve: {signals[0] if signals else 'stop'}: not accepting connections; "
+        f"{running} running (grace {args.shutdown_grace:g} s, then cancelled)",
+        flush=True,
+    )
+    clean = server.shutdown(timeout=30.0, grace_s=args.shutdown_grace)
+    print("mrprior serve: stopped", flush=True)
+    if not clean:  # a thread stuck in native code: leave without running interpreter teardown
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

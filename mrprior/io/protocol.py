@@ -52,8 +52,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "GADGETRON_IMAGE_DATA_TYPES",
+    "LOG_LEVELS",
     "MAX_DATA_BYTES",
     "MAX_TEXT_BYTES",
+    "ConnectionFailedError",
+    "Dialect",
     "MRDConnection",
     "Message",
     "MessageId",
@@ -61,7 +64,10 @@ __all__ = [
     "MessageWriter",
     "TruncatedMessageError",
     "connect",
+    "enable_keepalive",
     "encode_message",
+    "format_log_text",
+    "parse_log_text",
 ]
 
 #: Largest text payload (config, header, text, error, image attributes) accepted by default.
@@ -98,8 +104,54 @@ class MessageId(enum.IntEnum):
     NDARRAY = 1030
 
 
+class Dialect(enum.Enum):
+    """How a peer expects errors and progress, chosen once per connection from how it opened.
+
+    ``GADGETRON``: a Gadgetron external-node channel. It accepts only data, CLOSE and ERROR (8)
+    from the node: errors go as ERROR, progress is not sent at all.
+
+    ``MRD``: python-ismrmrd-server / FIRE clients, OpenRecon (a Siemens scanner) and
+    ``mrprior replay``. They do not know ERROR (8); errors and logs go as TEXT (5) in FIRE's
+    format (:func:`format_log_text`), then CLOSE.
+    """
+
+    GADGETRON = "gadgetron"
+    MRD = "mrd"
+
+
+#: Log levels of FIRE's TEXT messages (python-ismrmrd-server ``constants.MRD_LOGGING_*``).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def format_log_text(level: str, text: str) -> str:
+    """FIRE's log/error TEXT payload: the level padded to 8 characters, a space, the text, NUL.
+
+    >>> format_log_text("ERROR", "boom")
+    'ERROR    boom\x00'
+    """
+    level = level.upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"log level {level!r} not one of {LOG_LEVELS}")
+    return f"{level:<8} {text}\0"
+
+
+def parse_log_text(text: str) -> tuple[str | None, str]:
+    """Split a TEXT payload into (level, text) when it is in FIRE's log format, else (None, text)."""
+    text = text.rstrip("\0")
+    if len(text) > 8 and text[8] == " " and text[:8].rstrip() in LOG_LEVELS:
+        return text[:8].rstrip(), text[9:]
+    head, sep, rest = text.partition(" ")
+    if sep and head in LOG_LEVELS:  # unpadded "LEVEL text"
+        return head, rest.lstrip(" ")
+    return None, text
+
+
 class TruncatedMessageError(ProtocolError):
     """The stream ended inside a message (or before the closing CLOSE)."""
+
+
+class ConnectionFailedError(TruncatedMessageError):
+    """Reading failed with an error from the socket (reset, timeout): the peer is gone."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +241,7 @@ class MessageReader:
                 buf += chunk
         except OSError as exc:
             self._consume_all()
-            raise TruncatedMessageError(
+            raise ConnectionFailedError(
                 f"connection failed while reading {self._current}: {exc}"
             ) from None
         avail = len(buf) - self._pos
@@ -224,7 +276,7 @@ class MessageReader:
                 got += len(chunk)
         except OSError as exc:
             self.bytes_read += got
-            raise TruncatedMessageError(
+            raise ConnectionFailedError(
                 f"connection failed while reading {self._current}: {exc}"
             ) from None
         self.bytes_read += got
@@ -339,6 +391,8 @@ class MessageReader:
         start = self.bytes_read
         try:
             mid = self._unpack(_U16, "message id")
+        except ConnectionFailedError:
+            raise
         except TruncatedMessageError:
             if self.bytes_read == start:
                 if eof_ok:
@@ -480,6 +534,10 @@ class MessageWriter:
         """Send ERROR (8): ``uint64`` length + UTF-8 text."""
         self._write(encode_message(text, MessageId.ERROR))
 
+    def send_log(self, level: str, text: str) -> None:
+        """Send TEXT in FIRE's log format (:func:`format_log_text`)."""
+        self._write(encode_message(format_log_text(level, text), MessageId.TEXT))
+
     def send_close(self) -> None:
         """Send CLOSE; later sends raise :class:`ProtocolError`."""
         self._write(encode_message(None, MessageId.CLOSE))
@@ -506,6 +564,8 @@ class MRDConnection:
         sock.settimeout(None)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            enable_keepalive(sock)
         self.socket = sock
         self.reader = MessageReader(sock, **limits)
         self.writer = MessageWriter(sock)
@@ -513,6 +573,8 @@ class MRDConnection:
         self._closed = False
         self._pushback: list[Message] = []
         self.peer_closed = False
+        #: how errors and progress reach this peer; set by whoever reads the opening messages
+        self.dialect = Dialect.GADGETRON
 
     # -- gadgetron adapter -------------------------------------------------------------------------
     @classmethod
@@ -570,6 +632,22 @@ class MRDConnection:
         """Send ERROR (8)."""
         self.writer.send_error(text)
 
+    def report(self, level: str, text: str) -> bool:
+        """Tell the peer ``text`` at ``level`` in its dialect; returns whether anything was sent.
+
+        MRD peers get TEXT in FIRE's format at every level. A Gadgetron peer gets ERROR (8) for
+        ``ERROR``/``CRITICAL`` and nothing otherwise (Gadgetron refuses TEXT from a node).
+        Raises ``OSError`` / :class:`ProtocolError` when the peer cannot be written to.
+        """
+        level = level.upper()
+        if self.dialect is Dialect.MRD:
+            self.writer.send_log(level, text)
+            return True
+        if level in ("ERROR", "CRITICAL"):
+            self.writer.send_error(text)
+            return True
+        return False
+
     @property
     def bytes_received(self) -> int:
         """Bytes read so far."""
@@ -616,8 +694,21 @@ class MRDConnection:
         self.close()
 
 
+def enable_keepalive(
+    sock: socket.socket, idle_s: int = 30, interval_s: int = 10, count: int = 6
+) -> None:
+    """TCP keep-alive on ``sock``: a peer host that vanishes (power, network) is noticed after
+    about ``idle_s + interval_s * count`` seconds of silence, however long a job runs."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+
 def connect(host: str, port: int, *, timeout: float = 30.0, **kwargs: Any) -> MRDConnection:
-    """Open an :class:`MRDConnection` to ``host:port`` (IPv4 or IPv6)."""
+    """Open an :class:`MRDConnection` to ``host:port`` (IPv4 or IPv6); ``timeout`` applies to
+    connecting only (the connection itself blocks, with TCP keep-alive)."""
     try:
         sock = socket.create_connection((host, int(port)), timeout=timeout)
     except OSError as exc:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from mrprior.cancellation import check_cancelled
 from mrprior.priors.unet import EDMDenoiser, UNetConfig
 
 __all__ = ["NetworkPrior"]
@@ -134,6 +135,7 @@ class NetworkPrior:
         ``σ`` (scalar or ``[B]``) is the noise std of each real component; values outside
         ``[sigma_min, sigma_max]`` are used as given (the network extrapolates poorly there).
         """
+        check_cancelled()
         x = self._check(x)
         s = self._sigma(sigma, x.shape[0])
         with torch.no_grad():

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from mrprior.cancellation import check_cancelled
 from mrprior.mr.linop import LinearOperator
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def conjugate_gradient(
     if bool(torch.all(rr <= thresh)):
         return x
     for it in range(max_iterations):
+        check_cancelled()
         ap = op(p)
         pap = _dot(p, ap, nd)
         alpha = torch.where(pap > 0, rr / torch.where(pap > 0, pap, 1), 0)

@@ -39,6 +39,7 @@ PYTHON = sys.executable
 
 ERROR_ID = 8
 CLOSE_ID = 4
+TEXT_ID = 5
 
 
 def node_env() -> dict[str, str]:
@@ -61,6 +62,7 @@ class Reply:
     images: list[ismrmrd.Image] = field(default_factory=list)
     acquisitions: list[ismrmrd.Acquisition] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    logs: list[tuple[str, str]] = field(default_factory=list)  # MRD peers: (level, text)
     closed: bool = False  # CLOSE received
     eof_after_close: bool = False  # and then the socket ended cleanly
     problem: str | None = None  # what went wrong on the harness side
@@ -68,9 +70,16 @@ class Reply:
 
 
 class GadgetronRole:
-    """Gadgetron's side of one connection on a connected socket."""
+    """Gadgetron's side of one connection on a connected socket.
 
-    def __init__(self, sock: socket.socket, timeout: float = 60.0) -> None:
+    With ``mrd=True`` it plays an MRD (FIRE / OpenRecon) client instead on the receiving side:
+    TEXT (5) messages are accepted and parsed in FIRE's log format (``"<LEVEL:8> <text>\\0"``;
+    ``ERROR`` texts go to :attr:`Reply.errors`, the others to :attr:`Reply.logs`), and an
+    ERROR (8), which FIRE clients do not know, is a problem.
+    """
+
+    def __init__(self, sock: socket.socket, timeout: float = 60.0, *, mrd: bool = False) -> None:
+        self.mrd = mrd
         sock.settimeout(timeout)
         self.sock = sock
         self._wfile = sock.makefile("wb", buffering=0)
@@ -85,6 +94,11 @@ class GadgetronRole:
 
     def send_config_name(self, name: str) -> None:
         self.serializer.serialize(ConfigFile(name))
+
+    def send_text(self, text: str) -> None:
+        """TEXT (5): ``uint32`` length + UTF-8 text (FIRE's configAdditional JSON)."""
+        raw = text.encode("utf-8")
+        self._wfile.write(struct.pack("<HI", TEXT_ID, len(raw)) + raw)
 
     def send_header(self, header_xml: str) -> None:
         self.serializer.serialize(ismrmrd.xsd.CreateFromDocument(header_xml))
@@ -136,9 +150,19 @@ class GadgetronRole:
                 (mid,) = struct.unpack("<H", head)
                 if mid == CLOSE_ID:
                     r.closed = True
-                elif mid == ERROR_ID:
+                elif mid == ERROR_ID and not self.mrd:
                     (n,) = struct.unpack("<Q", self._read(8))
                     r.errors.append(self._read(n).decode("utf-8"))
+                elif mid == TEXT_ID and self.mrd:
+                    (n,) = struct.unpack("<I", self._read(4))
+                    text = self._read(n).decode("utf-8")
+                    if not text.endswith("\0") or len(text) < 10 or text[8] != " ":
+                        r.problem = f"TEXT not in FIRE's log format: {text!r}"
+                        return
+                    level, body = text[:8].rstrip(), text[9:-1]
+                    (r.errors if level == "ERROR" else r.logs).append(
+                        body if level == "ERROR" else (level, body)
+                    )
                 elif mid == 1022:
                     r.images.append(ismrmrd.Image.deserialize_from(self._read))
                     r.arrival.append(time.perf_counter())
@@ -146,7 +170,8 @@ class GadgetronRole:
                     r.acquisitions.append(ismrmrd.Acquisition.deserialize_from(self._read))
                     r.arrival.append(time.perf_counter())
                 else:
-                    r.problem = f"node sent message id {mid}, which Gadgetron refuses"
+                    peer = "an MRD client" if self.mrd else "Gadgetron"
+                    r.problem = f"node sent message id {mid}, which {peer} refuses"
                     return
         except (OSError, EOFError) as exc:
             r.problem = f"receive failed: {exc}"
@@ -191,16 +216,22 @@ def play(
 
 @contextlib.contextmanager
 def launch_gadget(
-    module: str = "mrprior_gadget", target: str = "mrprior_gadget", accept_timeout: float = 120.0
+    module: str = "mrprior_gadget",
+    target: str | None = "mrprior_gadget",
+    accept_timeout: float = 120.0,
 ) -> Any:
-    """Start a node exactly as Gadgetron does and yield a :class:`GadgetronRole` on its socket."""
+    """Start a node exactly as Gadgetron does and yield a :class:`GadgetronRole` on its socket.
+
+    ``target=None`` starts ``python -m gadgetron <port> <module>``, as Gadgetron starts the
+    workers of a distributed chain (their re-serialized ``<execute>`` has no target).
+    """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     listener.settimeout(accept_timeout)
     port = listener.getsockname()[1]
     proc = subprocess.Popen(
-        [PYTHON, "-m", "gadgetron", str(port), module, target],
+        [PYTHON, "-m", "gadgetron", str(port), module, *([target] if target else [])],
         env=node_env(),
         cwd=str(REPO),
         stdout=subprocess.PIPE,

@@ -48,6 +48,23 @@ def test_launch_mode_sense(
     check_images(reply.images, case, max_nrmse=max_nrmse)
 
 
+@pytest.mark.parametrize("module", ["mrprior_gadget", "mrprior.gadget"])
+def test_distributed_worker_started_without_a_target(raw_a3: RawCase, module: str) -> None:
+    """Gadgetron starts a distributed chain's worker as ``python -m gadgetron <port> <module>``
+    (no target): the node serves the connection and exits 0; errors still end in ERROR (8)."""
+    props = {"config": "mrprior_zerofill", "prewhiten": "false"}  # the worker chain's settings
+    with launch_gadget(module, target=None) as role:
+        reply = play(role, raw_a3.header_xml, raw_a3.acqs, props)
+    assert launch_gadget.last_returncode == 0, launch_gadget.last_output
+    _assert_clean(reply)
+    check_images(reply.images, raw_a3, max_nrmse=None)
+    with launch_gadget(module, target=None) as role:
+        bad = play(role, raw_a3.header_xml, raw_a3.acqs[:3], {"method": "nope"})
+    assert launch_gadget.last_returncode == 0, launch_gadget.last_output
+    _assert_clean(bad, errors=1)
+    assert "unknown method 'nope'" in bad.errors[0]
+
+
 def test_properties_override_yaml(raw_a2: RawCase) -> None:
     props = {"method": "zerofill", "dtype": "uint16", "extra_series": "phase"}
     with launch_gadget() as role:

@@ -1,12 +1,14 @@
 """``mrprior serve``: end-to-end over loopback, a malformed-stream corpus, and the CLIs.
 
-Every malformed case must end in ERROR (8) containing the expected fragment, then CLOSE, then a
-clean end of stream; afterwards the same server must still answer a new connection.
+Every malformed case must end in one error containing the expected fragment — ERROR (8) for a
+Gadgetron peer, FIRE-style TEXT for an MRD client — then CLOSE, then a clean end of stream;
+afterwards the same server must still answer a new connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import struct
 import subprocess
@@ -45,8 +47,23 @@ def server():
     srv.shutdown()
 
 
-def _connect(srv: MRDServer) -> GadgetronRole:
-    return GadgetronRole(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
+DIALECTS = ("gadgetron", "mrd")
+
+
+def _connect(srv: MRDServer, dialect: str = "gadgetron") -> GadgetronRole:
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    return GadgetronRole(sock, mrd=dialect == "mrd")
+
+
+def _open(role: GadgetronRole, name: str, props: dict | None = None) -> None:
+    """Open as the role's peer does: Gadgetron sends ``<configuration>`` with properties, an MRD
+    (FIRE) client a CONFIG_FILE name, and its parameters as JSON TEXT before the header."""
+    if role.mrd:
+        role.send_config_name(name)
+        if props:
+            role.send_text(json.dumps({"parameters": props}))
+    else:
+        role.send_config(config_xml({"config": name, **(props or {})}))
 
 
 def _first_slice(case: RawCase) -> list[ismrmrd.Acquisition]:
@@ -58,10 +75,10 @@ def _first_slice(case: RawCase) -> list[ismrmrd.Acquisition]:
     raise AssertionError("no LAST_IN_SLICE")
 
 
-def _probe(srv: MRDServer) -> None:
+def _probe(srv: MRDServer, dialect: str = "gadgetron") -> None:
     """The server answers a new connection: config + header + CLOSE ends in a clean CLOSE."""
-    role = _connect(srv)
-    role.send_config_name("mrprior_zerofill")
+    role = _connect(srv, dialect)
+    _open(role, "mrprior_zerofill")
     role.send_raw(struct.pack("<HI", 3, 0))  # an empty header is an error...
     role.send_close()
     reply = role.wait(30)
@@ -70,23 +87,28 @@ def _probe(srv: MRDServer) -> None:
 
 
 def test_serve_end_to_end_by_config_name(server: MRDServer, raw_a2: RawCase) -> None:
-    role = _connect(server)
+    role = _connect(server, "mrd")
     role.send_config_name("mrprior_sense")  # FIRE client: CONFIG_FILE with a name
     role.send_header(raw_a2.header_xml)
     role.send_acquisitions(raw_a2.acqs)
     role.send_close()
     reply = role.wait()
     assert reply.errors == [] and reply.closed and reply.eof_after_close
+    assert reply.problem is None, reply.problem
     check_images(reply.images, raw_a2, max_nrmse=0.2)
+    assert any(level == "INFO" and "done" in text for level, text in reply.logs), reply.logs
 
 
-def test_concurrent_connections_are_isolated(server: MRDServer, raw_a3: RawCase) -> None:
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_concurrent_connections_are_isolated(
+    server: MRDServer, raw_a3: RawCase, dialect: str
+) -> None:
     """A good and a failing stream at the same time: the good one is unaffected."""
-    good = _connect(server)
-    bad = _connect(server)
-    bad.send_config(config_xml({"config": "mrprior_zerofill"}))
+    good = _connect(server, dialect)
+    bad = _connect(server, dialect)
+    _open(bad, "mrprior_zerofill")
     bad.send_header(raw_a3.header_xml)
-    good.send_config(config_xml({"config": "mrprior_zerofill"}))
+    _open(good, "mrprior_zerofill")
     good.send_header(raw_a3.header_xml)
     nan = mutate(raw_a3.acqs, 5, lambda a: a.data.__setitem__((0, 3), np.nan))
     for g, b in zip(raw_a3.acqs, nan, strict=True):
@@ -97,22 +119,23 @@ def test_concurrent_connections_are_isolated(server: MRDServer, raw_a3: RawCase)
     with contextlib.suppress(OSError):
         bad.send_close()
     good_reply, bad_reply = good.wait(), bad.wait()
-    assert good_reply.errors == []
+    assert good_reply.errors == [] and good_reply.problem is None
     check_images(good_reply.images, raw_a3, max_nrmse=None)
     assert len(bad_reply.errors) == 1 and "NaN" in bad_reply.errors[0]
 
 
-# -- malformed-stream corpus ------------------------------------------------------------------
+# -- malformed-stream corpus, in both dialects --------------------------------------------------
 @dataclass
 class Case:
     name: str
     run: Callable[[GadgetronRole, RawCase], None]
-    expected: str  # fragment of the ERROR text
-    images: int = 0  # images that must still arrive before the ERROR
+    expected: str  # fragment of the error text
+    images: int = 0  # images that must still arrive before the error
+    expected_mrd: str | None = None  # when an MRD peer's error differs
 
 
 def _send_good_start(role: GadgetronRole, case: RawCase, props: dict | None = None) -> None:
-    role.send_config(config_xml({"config": "mrprior_zerofill", **(props or {})}))
+    _open(role, "mrprior_zerofill", props)
     role.send_header(case.header_xml)
 
 
@@ -138,7 +161,7 @@ def _unknown_id(role: GadgetronRole, case: RawCase) -> None:
 
 
 def _garbage_header(role: GadgetronRole, case: RawCase) -> None:
-    role.send_config_name("mrprior_zerofill")
+    _open(role, "mrprior_zerofill")
     text = b"<ismrmrdHeader><encoding><oops"
     role.send_raw(struct.pack("<HI", 3, len(text)) + text)
     role.send_acquisitions(case.acqs[:2])
@@ -146,7 +169,7 @@ def _garbage_header(role: GadgetronRole, case: RawCase) -> None:
 
 
 def _header_without_encoding(role: GadgetronRole, case: RawCase) -> None:
-    role.send_config_name("mrprior_zerofill")
+    _open(role, "mrprior_zerofill")
     start, end = case.header_xml.index("<encoding>"), case.header_xml.index("</encoding>")
     text = (case.header_xml[:start] + case.header_xml[end + len("</encoding>") :]).encode()
     role.send_raw(struct.pack("<HI", 3, len(text)) + text)
@@ -154,7 +177,7 @@ def _header_without_encoding(role: GadgetronRole, case: RawCase) -> None:
 
 
 def _acquisition_before_header(role: GadgetronRole, case: RawCase) -> None:
-    role.send_config_name("mrprior_zerofill")
+    _open(role, "mrprior_zerofill")
     role.send_acquisitions(case.acqs[:2])
     role.send_close()
 
@@ -169,7 +192,7 @@ def _inconsistent_coils(role: GadgetronRole, case: RawCase) -> None:
 
 
 def _non_cartesian(role: GadgetronRole, case: RawCase) -> None:
-    role.send_config_name("mrprior_zerofill")
+    _open(role, "mrprior_zerofill")
     role.send_header(case.header_xml.replace(">cartesian<", ">radial<"))
     role.send_acquisitions(case.acqs[:2])
     role.send_close()
@@ -184,7 +207,7 @@ def _nan_after_a_slice(role: GadgetronRole, case: RawCase) -> None:
 
 
 def _failing_recon(role: GadgetronRole, case: RawCase) -> None:
-    role.send_config(config_xml({"method": "no-such-method"}))
+    _open(role, "default", {"method": "no-such-method"})
     role.send_header(case.header_xml)
     role.send_acquisitions(case.acqs[:2])
     role.send_close()
@@ -212,13 +235,16 @@ def _oversized_acquisition(role: GadgetronRole, case: RawCase) -> None:
 
 
 def _unknown_config(role: GadgetronRole, case: RawCase) -> None:
-    role.send_config_name("no_such_config")
+    _open(role, "no_such_config")
     role.send_header(case.header_xml)
     role.send_close()
 
 
-def _bad_config_xml(role: GadgetronRole, case: RawCase) -> None:
-    role.send_config("<configuration><property name='method' value='sense'>")
+def _bad_config(role: GadgetronRole, case: RawCase) -> None:
+    if role.mrd:  # a FIRE client's local config file (-C) that is not valid JSON
+        role.send_config('{"parameters": {"method": "sense",')
+    else:
+        role.send_config("<configuration><property name='method' value='sense'>")
     role.send_header(case.header_xml)
     role.send_close()
 
@@ -244,14 +270,17 @@ CORPUS = [
     Case("oversized-length-field", _oversized_length, "oversized TEXT payload"),
     Case("oversized-acquisition", _oversized_acquisition, "oversized ACQUISITION payload"),
     Case("unknown-config-name", _unknown_config, "unknown config 'no_such_config'"),
-    Case("bad-config-xml", _bad_config_xml, "not valid XML"),
+    Case("bad-config", _bad_config, "not valid XML", expected_mrd="not valid JSON"),
     Case("end-without-close", _no_close, "stream ended before CLOSE", images=1),
 ]
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 @pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])
-def test_malformed_stream(server: MRDServer, raw_a2: RawCase, case: Case) -> None:
-    role = _connect(server)
+def test_malformed_stream(server: MRDServer, raw_a2: RawCase, case: Case, dialect: str) -> None:
+    """Each malformed stream ends in one error in the peer's dialect — ERROR (8) for Gadgetron,
+    TEXT ``"ERROR    ..."`` for MRD clients — after the images made before it, then CLOSE."""
+    role = _connect(server, dialect)
     # the server may close before we finish sending; the reply must still be right
     with contextlib.suppress(OSError):
         case.run(role, raw_a2)
@@ -259,10 +288,11 @@ def test_malformed_stream(server: MRDServer, raw_a2: RawCase, case: Case) -> Non
     assert reply.problem is None, reply.problem
     assert reply.closed and reply.eof_after_close, "no clean CLOSE"
     assert len(reply.errors) == 1, reply.errors
-    assert case.expected in reply.errors[0], reply.errors[0]
+    expected = case.expected_mrd if dialect == "mrd" and case.expected_mrd else case.expected
+    assert expected in reply.errors[0], reply.errors[0]
     assert reply.errors[0].startswith("mrprior [")
     assert len(reply.images) == case.images
-    _probe(server)
+    _probe(server, dialect)
 
 
 def test_connection_dropped_mid_stream(server: MRDServer, raw_a2: RawCase) -> None:
