@@ -229,6 +229,7 @@ def process(
                 warned.add(msg.id)
                 logger.warning("ignoring %s messages (only acquisitions are used)", msg.id.name)
         emit(buffer.flush(), time.perf_counter())
+        buffer.raise_errors()  # groups with bad data: reported after every good group
     except Exception as exc:  # one catch per connection: report, then close
         if prefetch is not None:
             prefetch.stop()

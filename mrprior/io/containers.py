@@ -72,6 +72,12 @@ class Indices:
     def as_tuple(self) -> tuple[int, ...]:
         return tuple(getattr(self, n) for n in GROUP_INDICES)
 
+    def label(self) -> str:
+        """Readable name of the group: its non-zero counters (``"repetition 1, set 2"``), or
+        ``"slice 0"``."""
+        parts = [f"{n} {getattr(self, n)}" for n in GROUP_INDICES if getattr(self, n)]
+        return ", ".join(parts) or "slice 0"
+
 
 def _get(obj: Any, path: str, what: str) -> Any:
     """Follow a dotted attribute path of an xsd header; HeaderError naming ``what`` if absent."""
@@ -173,7 +179,17 @@ class EncodingInfo:
 
     @property
     def is_3d(self) -> bool:
-        return self.encoded_matrix[2] > 1
+        """3D encoding: encoded matrix z > 1, or ``kspace_encoding_step_2`` limits wider than
+        one partition."""
+        lim = self.limits.get("kspace_encoding_step_2")
+        return self.encoded_matrix[2] > 1 or (lim is not None and lim.size > 1)
+
+    @property
+    def partition_thickness(self) -> float:
+        """Thickness in mm of one reconstructed partition of a 3D encoding: encoded FOV z /
+        encoded matrix z (the recon space has the same spacing; it may hold fewer partitions
+        when the sequence oversamples the slab)."""
+        return self.encoded_fov[2] / self.encoded_matrix[2]
 
     def ky_center(self) -> int:
         """Encode-step-1 counter of the k-space centre (header limit, else half the matrix)."""
@@ -181,8 +197,19 @@ class EncodingInfo:
         return lim.center if lim is not None else self.encoded_matrix[1] // 2
 
     def kz_center(self) -> int:
+        """Encode-step-2 counter of the k-space centre (header limit, else half the matrix)."""
         lim = self.limits.get("kspace_encoding_step_2")
         return lim.center if lim is not None else self.encoded_matrix[2] // 2
+
+    def kz_range(self) -> tuple[int, int]:
+        """Encode-step-2 counters ``(first, last)`` the acquisition covers: the encoding limits
+        (narrower than the matrix with partial Fourier in kz), else the whole matrix."""
+        lim = self.limits.get("kspace_encoding_step_2")
+        if lim is not None:
+            return lim.minimum, lim.maximum
+        nz = self.encoded_matrix[2]
+        c = self.kz_center()
+        return c - nz // 2, c - nz // 2 + nz - 1
 
     def image_number(self, indices: Indices) -> int:
         """A 1-based image number unique per ``indices`` (slice fastest, then phase, contrast,
