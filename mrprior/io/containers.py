@@ -5,7 +5,8 @@ Shapes (see /work/shared/DESIGN.md):
 - :class:`KSpace` ``data``: complex64 ``[C, ky, kx]`` for a 2D slice, ``[C, kz, ky, kx]`` for a
   3D volume; readout (kx) last. Unsampled positions are zero.
 - ``mask`` / ``calib``: bool with the spatial shape of ``data`` (``[ky, kx]`` or ``[kz, ky, kx]``).
-- :class:`ImageSeries` ``image``: complex64 ``[ny, nx]`` at the recon matrix size.
+- :class:`ImageSeries` ``image``: complex64 ``[ny, nx]`` at the recon matrix size, or
+  ``[nz, ny, nx]`` for a 3D volume (z = partition direction, x = readout last).
 """
 
 from __future__ import annotations
@@ -334,13 +335,15 @@ class KSpace:
 
 @dataclass
 class ImageSeries:
-    """One reconstructed image with extra maps and the geometry to write it as ISMRMRD.
+    """One reconstructed image (2D slice or 3D volume) with extra maps and the geometry to
+    write it as ISMRMRD.
 
     Attributes
     ----------
-    image : complex64 ``[ny, nx]`` at the recon matrix size (numpy, host).
-    extras : extra maps by name: ``[ny, nx]`` maps (e.g. ``"uncertainty"``) or other arrays
-        (e.g. estimated coil maps ``"csm"`` ``[C, ny, nx]``), float32/complex64 numpy.
+    image : complex64 ``[ny, nx]`` at the recon matrix size (numpy, host), or ``[nz, ny, nx]``
+        for a 3D volume (recon matrix z along the partition direction).
+    extras : extra maps by name: maps shaped like ``image`` (e.g. ``"uncertainty"``) or other
+        arrays (e.g. estimated coil maps ``"csm"`` ``[C, ny, nx]``), float32/complex64 numpy.
     indices : the encoding counters of the source k-space group.
     reference : acquisition header the geometry is copied from.
     encoding : encoding description; ``encoding.recon_fov`` is the image field of view.
@@ -357,8 +360,13 @@ class ImageSeries:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.image.ndim != 2:
-            raise ValueError(f"image must be [ny, nx]: {self.image.shape=}")
+        if self.image.ndim not in (2, 3):
+            raise ValueError(f"image must be [ny, nx] or [nz, ny, nx]: {self.image.shape=}")
+
+    @property
+    def is_volume(self) -> bool:
+        """True for a 3D volume ``[nz, ny, nx]``."""
+        return self.image.ndim == 3
 
     @property
     def field_of_view(self) -> tuple[float, float, float]:
