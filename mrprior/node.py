@@ -445,6 +445,7 @@ def process(
                     with contextlib.suppress(OSError, ProtocolError):
                         connection.report("WARNING", f"{prefix}: {note}")
             emit(buffer.flush(), time.perf_counter())
+            buffer.raise_errors()  # groups with bad data: reported after every good group
     except Exception as exc:  # one catch per connection: report, then close
         if token.cancelled:
             stats.cancelled = token.reason
