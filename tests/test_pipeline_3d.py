@@ -173,7 +173,10 @@ def _coils_change(acqs):
             r"repetition 1: acquisition \d+: partition kspace_encoding_step_2 = 17 outside the "
             r"encoding limits \[0, 15\]",
         ),
-        (_missing_partitions, r"repetition 1: missing partitions: kspace_encode_step_2 10\.\.15 of 0\.\.15"),
+        (
+            _missing_partitions,
+            r"repetition 1: missing partitions: kspace_encode_step_2 10\.\.15 of 0\.\.15",
+        ),
         (_coils_change, r"repetition 1: inconsistent coil count: acquisition \d+ has 3 channels"),
     ],
     ids=["partition-outside-limits", "missing-partitions", "coils-change-within-volume"],
