@@ -79,3 +79,25 @@ def test_warm_start_resume_bit_identical(tiny_dataset: Path, tmp_path: Path) -> 
     assert ca["parent"] == cb["parent"] and ca["step"] == cb["step"] == 4
     for name, t in ca["ema"].items():
         assert torch.equal(t, cb["ema"][name]), name
+
+
+def test_eval_sources_never_train(tiny_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from mrprior.priors.prepare import read_manifest, write_manifest
+    from mrprior.priors.training import check_held_out
+
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, ds)
+    m = read_manifest(ds)
+    check_held_out(ds)  # no registry sources: fine
+    for s in m["sources"]:
+        s["registry"] = {"source": f"reg-{s['subject']}", "role": "eval"}
+    write_manifest(ds / "manifest.yaml", m)
+    with pytest.raises(ConfigError, match=r"evaluation-only source\(s\) \['reg-s0"):
+        train(tiny_config(ds, tmp_path / "run", max_steps=1))
+    # as validation subjects only (s2 is the held-out subject of the tiny dataset): allowed
+    for s in m["sources"]:
+        s["registry"]["role"] = "eval" if s["subject"] == "s2" else "train"
+    write_manifest(ds / "manifest.yaml", m)
+    check_held_out(ds)
