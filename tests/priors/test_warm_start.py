@@ -44,15 +44,15 @@ def test_warm_start_lineage_and_steps(tiny_dataset: Path, tmp_path: Path) -> Non
     assert t2["parent"]["sha256"] == c1["weights"]["sha256"]
     assert [e["sha256"] for e in t2["lineage"]] == [c1["weights"]["sha256"]]
 
-    # generation 3: the lineage grows, oldest first
-    third = tiny_config(
-        tiny_dataset, tmp_path / "g3", max_steps=1, val_every=0, init_from=str(card2)
-    )
-    train(third)
-    t3 = yaml.safe_load(
-        export_prior(tmp_path / "g3", tmp_path / "cards3", validate=False).read_text()
-    )["training"]
-    assert t3["steps"] == 6
+    # generation 3, through the CLI (--init-from): the lineage grows, oldest first
+    from mrprior.cli import main
+
+    third = tiny_config(tiny_dataset, tmp_path / "g3", max_steps=1, val_every=0)
+    (tmp_path / "g3.yaml").write_text(yaml.safe_dump(to_dict(third)))
+    argv = ["train", str(tmp_path / "g3.yaml"), "--init-from", str(card2)]
+    assert main([*argv, "--export", str(tmp_path / "cards3")]) == 0
+    t3 = yaml.safe_load((tmp_path / "cards3" / "tiny.yaml").read_text())["training"]
+    assert t3["steps"] == 6 and "--init-from" in t3["command"]
     assert [e["steps"] for e in t3["lineage"]] == [3, 5]
     assert t3["lineage"][1]["sha256"] == yaml.safe_load(card2.read_text())["weights"]["sha256"]
 
