@@ -9,4 +9,5 @@ Modules (imported explicitly, so that ``import mrprior.io`` stays light):
   ``image_<series>`` per image series).
 - :mod:`mrprior.io.export`: ``export_png``, ``export_nifti``.
 - :mod:`mrprior.io.cfl`: BART ``.cfl``/``.hdr``.
+- :mod:`mrprior.io.volumes`: ``load_volume`` (NIfTI, NRRD, DICOM series with Siemens mosaics).
 """

@@ -547,3 +547,34 @@ def _fetch_group(group: list[Source], cache_dir: Path, dl: Downloader) -> dict[s
             out[s.name] = _image_files(root, s)
             logger.info("%s: %d file(s) in %s", s.name, len(out[s.name]), root)
     return out
+
+
+def source_volumes(
+    name: str, cache: str | Path | None = None, *, registry: dict[str, Source] | None = None
+) -> list[tuple[Any, tuple[float, float, float], str]]:
+    """The image volumes of a source (fetched if needed): ``[(data, spacing, label), ...]``.
+
+    Each NIfTI / NRRD member is one volume; DICOM files are grouped by folder and series (a
+    folder may hold several series, e.g. the fslpy example); other members (a Philips PAR
+    header) are skipped. ``data`` and ``spacing`` are those of
+    :func:`mrprior.io.volumes.load_volume`; ``label`` names the file or series.
+    """
+    import pydicom
+
+    from mrprior.io.volumes import load_volume, volume_kind
+
+    files = fetch_source(name, cache, registry=registry)
+    out = []
+    series: dict[tuple[Path, str], list[Path]] = {}
+    for f in files:
+        kind = volume_kind(f)
+        if kind == "dicom":
+            uid = str(pydicom.dcmread(str(f), stop_before_pixels=True).get("SeriesInstanceUID", ""))
+            series.setdefault((f.parent, uid), []).append(f)
+        elif kind is not None:
+            data, spacing = load_volume(f)
+            out.append((data, spacing, f.name))
+    for (folder, uid), group in series.items():
+        data, spacing = load_volume(group)
+        out.append((data, spacing, f"{folder.name}:{uid}"))
+    return out

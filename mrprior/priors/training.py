@@ -351,6 +351,7 @@ def train(
             parent["images_seen"],
         )
 
+    check_held_out(cfg.dataset)
     train_store = SliceStore(cfg.dataset, "train")
     val_store = SliceStore(cfg.dataset, "val")
     if cfg.augment.phase == "stored" and train_store.kind != "complex":
@@ -511,6 +512,32 @@ def train(
         "checkpoint": str(ckpt_path),
         "stopped_by_signal": flag.stop,
     }
+
+
+def check_held_out(dataset: str | Path) -> None:
+    """Refuse a dataset whose training split holds a registry source of role ``eval``.
+
+    Evaluation sources (held-out scans, GPL-licensed data) may appear in a dataset only as
+    validation subjects (monitoring), never as training subjects.
+    """
+    from mrprior.priors.prepare import read_manifest
+
+    m = read_manifest(dataset)
+    train_subjects = set(m.get("train_subjects") or [])
+    bad = sorted(
+        {
+            f"{s['registry'].get('source')} (subject {s.get('subject')})"
+            for s in m.get("sources", [])
+            if isinstance(s.get("registry"), dict)
+            and s["registry"].get("role") == "eval"
+            and s.get("subject") in train_subjects
+        }
+    )
+    if bad:
+        raise ConfigError(
+            f"dataset {dataset}: evaluation-only source(s) {bad} are in the training split; "
+            "held-out data may only be validation subjects (prepare with val_subjects)"
+        )
 
 
 def _manifest_summary(dataset: str | Path) -> dict:

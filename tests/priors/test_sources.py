@@ -293,3 +293,36 @@ def test_prepare_from_registry_source(tmp_path, monkeypatch):
     assert rec["registry"]["members"] == reg["sources"]["vol"]["members"]
     prepare_dataset(cfg, tmp_path / "ds2", progress=False)
     assert calls == [sd.name]  # fetched once
+
+
+def test_source_volumes_skips_non_images(tmp_path, monkeypatch):
+    import nibabel as nib
+    import numpy as np
+
+    vol = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 6), np.float32), np.eye(4)), vol)
+    links = tmp_path / "links"
+    links.mkdir()
+    members = {"d/v.nii.gz": vol.read_bytes(), "d/v.PAR": b"# Philips header"}
+    sd = _sdist(links / "pkg-1.0.tar.gz", members)
+    raw = {
+        "sources": {
+            "v": {
+                "package": "pkg",
+                "version": "1.0",
+                "registry": "pypi-sdist",
+                "archive": sd.name,
+                "archive_sha256": _sha(sd.read_bytes()),
+                "members": {m: _sha(b) for m, b in members.items()},
+                "licence": "MIT",
+                "role": "eval",
+                "subject": "v",
+            }
+        }
+    }
+    rpath = tmp_path / "r.yaml"
+    rpath.write_text(yaml.safe_dump(raw))
+    registry = S.load_registry(rpath)
+    S.fetch_source("v", tmp_path / "c", registry=registry, download=copying_downloader(links, []))
+    vols = S.source_volumes("v", tmp_path / "c", registry=registry)
+    assert [(d.shape, label) for d, _, label in vols] == [((4, 5, 6), "v.nii.gz")]

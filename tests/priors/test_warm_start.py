@@ -44,15 +44,15 @@ def test_warm_start_lineage_and_steps(tiny_dataset: Path, tmp_path: Path) -> Non
     assert t2["parent"]["sha256"] == c1["weights"]["sha256"]
     assert [e["sha256"] for e in t2["lineage"]] == [c1["weights"]["sha256"]]
 
-    # generation 3: the lineage grows, oldest first
-    third = tiny_config(
-        tiny_dataset, tmp_path / "g3", max_steps=1, val_every=0, init_from=str(card2)
-    )
-    train(third)
-    t3 = yaml.safe_load(
-        export_prior(tmp_path / "g3", tmp_path / "cards3", validate=False).read_text()
-    )["training"]
-    assert t3["steps"] == 6
+    # generation 3, through the CLI (--init-from): the lineage grows, oldest first
+    from mrprior.cli import main
+
+    third = tiny_config(tiny_dataset, tmp_path / "g3", max_steps=1, val_every=0)
+    (tmp_path / "g3.yaml").write_text(yaml.safe_dump(to_dict(third)))
+    argv = ["train", str(tmp_path / "g3.yaml"), "--init-from", str(card2)]
+    assert main([*argv, "--export", str(tmp_path / "cards3")]) == 0
+    t3 = yaml.safe_load((tmp_path / "cards3" / "tiny.yaml").read_text())["training"]
+    assert t3["steps"] == 6 and "--init-from" in t3["command"]
     assert [e["steps"] for e in t3["lineage"]] == [3, 5]
     assert t3["lineage"][1]["sha256"] == yaml.safe_load(card2.read_text())["weights"]["sha256"]
 
@@ -79,3 +79,25 @@ def test_warm_start_resume_bit_identical(tiny_dataset: Path, tmp_path: Path) -> 
     assert ca["parent"] == cb["parent"] and ca["step"] == cb["step"] == 4
     for name, t in ca["ema"].items():
         assert torch.equal(t, cb["ema"][name]), name
+
+
+def test_eval_sources_never_train(tiny_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from mrprior.priors.prepare import read_manifest, write_manifest
+    from mrprior.priors.training import check_held_out
+
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, ds)
+    m = read_manifest(ds)
+    check_held_out(ds)  # no registry sources: fine
+    for s in m["sources"]:
+        s["registry"] = {"source": f"reg-{s['subject']}", "role": "eval"}
+    write_manifest(ds / "manifest.yaml", m)
+    with pytest.raises(ConfigError, match=r"evaluation-only source\(s\) \['reg-s0"):
+        train(tiny_config(ds, tmp_path / "run", max_steps=1))
+    # as validation subjects only (s2 is the held-out subject of the tiny dataset): allowed
+    for s in m["sources"]:
+        s["registry"]["role"] = "eval" if s["subject"] == "s2" else "train"
+    write_manifest(ds / "manifest.yaml", m)
+    check_held_out(ds)
