@@ -193,13 +193,12 @@ def read_measurement(path: str | Path, measurement: int = -1) -> TwixMeasurement
             scans = twixtools.read_twix(
                 str(path),
                 include_scans=[index],
+                parse_data=False,
                 parse_pmu=False,
                 parse_geometry=False,
                 verbose=False,
-                keep_acqend=True,
-                keep_syncdata=False,
             )
-    except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError, TypeError) as exc:
+    except Exception as exc:  # a third-party parser on untrusted bytes: report any failure
         raise DataError(
             f"{path}: not a readable Siemens twix file ({type(exc).__name__}: {exc})"
         ) from None
@@ -214,27 +213,17 @@ def read_measurement(path: str | Path, measurement: int = -1) -> TwixMeasurement
             f"{path}: truncated or corrupt twix file: the protocol header of measurement "
             f"{index} cannot be parsed"
         )
+    start, end = 0, size
     raid = scan.get("raidfile_hdr")
     if raid is not None:
-        end = int(raid["off_"]) + int(raid["len_"])
+        start, end = int(raid["off_"]), int(raid["off_"]) + int(raid["len_"])
         if end > size:
             raise DataError(
                 f"{path}: truncated twix file: measurement {index} should end at byte {end} "
                 f"(multi-raid header) but the file has {size} bytes"
             )
-    mdbs = scan.get("mdb", [])
-    if not mdbs or not mdbs[-1].is_flag_set("ACQEND"):
-        raise DataError(
-            f"{path}: truncated twix file: measurement {index} has no end-of-acquisition block "
-            "(ACQEND)"
-        )
-    mdbs = mdbs[:-1]
-    for k, mdb in enumerate(mdbs):
-        if int(mdb.mem_pos) + int(mdb.dma_len) > size:
-            raise DataError(
-                f"{path}: truncated twix file: data block {k} (scan counter "
-                f"{mdb.mdh.ScanCounter}) runs past the end of the file"
-            )
+    start += len(scan["hdr_str"])
+    mdbs = _read_mdbs(path, index, is_ve, start, end)
     return TwixMeasurement(
         path=path,
         index=index,
@@ -243,6 +232,51 @@ def read_measurement(path: str | Path, measurement: int = -1) -> TwixMeasurement
         hdr=hdr,
         mdbs=mdbs,
     )
+
+
+def _read_mdbs(path: Path, index: int, is_ve: bool, start: int, end: int) -> list[Any]:
+    """The measurement data blocks from ``start`` to the end-of-acquisition block, each parsed
+    by ``twixtools.mdb.Mdb`` (samples stay on disk until read).
+
+    This is twixtools' own walk with its failure modes turned into errors: a block of length
+    0 (a zero-filled tail, where ``read_twix`` loops forever), blocks running past the end of
+    the file, and a missing ACQEND (truncated file). Sync data blocks are left out.
+    """
+    from twixtools.mdb import Mdb
+
+    mdbs: list[Any] = []
+    pos = start
+    with open(path, "rb") as fid:
+        while True:
+            if pos + 128 > end:
+                raise DataError(
+                    f"{path}: truncated twix file: measurement {index} ends after {len(mdbs)} "
+                    "data blocks without its end-of-acquisition block (ACQEND)"
+                )
+            fid.seek(pos)
+            try:
+                mdb = Mdb(fid, is_ve)
+            except (ValueError, TypeError) as exc:  # short read of the channel headers
+                raise DataError(
+                    f"{path}: truncated twix file: data block {len(mdbs)} at byte {pos} cannot "
+                    f"be read ({exc})"
+                ) from None
+            if mdb.is_flag_set("ACQEND"):
+                return mdbs
+            length = int(mdb.dma_len)
+            if length <= 0:
+                raise DataError(
+                    f"{path}: corrupt twix file: data block {len(mdbs)} at byte {pos} has "
+                    "length 0 (zero-filled data?)"
+                )
+            if pos + length > end:
+                raise DataError(
+                    f"{path}: truncated twix file: data block {len(mdbs)} (scan counter "
+                    f"{mdb.mdh.ScanCounter}) runs past the end of the file"
+                )
+            if not mdb.is_flag_set("SYNCDATA"):
+                mdbs.append(mdb)
+            pos += length
 
 
 def _has_protocol(hdr: dict[str, Any]) -> bool:
@@ -281,9 +315,12 @@ def _number(d: Any, *keys: str | int, default: float | None = None) -> float | N
 def classify(mdb: Any) -> str:
     """What one MDH is: ``"noise"``, ``"imaging"``, ``"calibration"`` (PAT reference only),
     ``"calibration_and_imaging"``, ``"other"`` (phase correction, feedback, phase
-    stabilisation, dummy: kept with its ISMRMRD flag) or ``"dropped"`` (no ISMRMRD equivalent)."""
+    stabilisation, dummy: kept with its ISMRMRD flag) or ``"dropped"`` (no ISMRMRD equivalent,
+    or no samples)."""
     if any(mdb.is_flag_set(f) for f in DROPPED_FLAGS):
         return "dropped"
+    if int(mdb.mdh.UsedChannels) == 0 or int(mdb.mdh.SamplesInScan) == 0:
+        return "dropped"  # no samples
     if mdb.is_flag_set("NOISEADJSCAN"):
         return "noise"
     if any(mdb.is_flag_set(f) for f in NON_IMAGING_FLAGS):
@@ -609,9 +646,7 @@ def _directions(mdb: Any) -> tuple[list[float], list[float], list[float]]:
     return list(read), list(phase), list(slc)
 
 
-def _acquisition(
-    meas: TwixMeasurement, mdb: Any, kind: str, counter: int, channels: int
-) -> ismrmrd.Acquisition:
+def _acquisition(meas: TwixMeasurement, mdb: Any, kind: str, channels: int) -> ismrmrd.Acquisition:
     try:
         data = np.ascontiguousarray(np.atleast_2d(mdb.data), dtype=np.complex64)
     except ValueError as exc:
@@ -684,8 +719,8 @@ class AcquisitionCounts:
         )
 
 
-def _flag_names(mdb: Any, names: tuple[str, ...]) -> str:
-    return "+".join(n for n in names if mdb.is_flag_set(n)) or "none"
+def _flag_names(mdb: Any, names: tuple[str, ...], default: str = "none") -> str:
+    return "+".join(n for n in names if mdb.is_flag_set(n)) or default
 
 
 def iter_measurement_acquisitions(
@@ -710,9 +745,9 @@ def iter_measurement_acquisitions(
     for i, kind in enumerate(kinds):
         mdb = meas.mdbs[i]
         if kind == "dropped":
-            counts.dropped[_flag_names(mdb, DROPPED_FLAGS)] += 1
+            counts.dropped[_flag_names(mdb, DROPPED_FLAGS, default="no samples")] += 1
             continue
-        acq = _acquisition(meas, mdb, kind, i, channels)
+        acq = _acquisition(meas, mdb, kind, channels)
         if kind == "other":
             counts.other[_flag_names(mdb, NON_IMAGING_FLAGS)] += 1
         else:

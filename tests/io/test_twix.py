@@ -279,6 +279,18 @@ def test_truncated_file_gives_a_clear_error(gre, tmp_path, keep, message):
     assert not (tmp_path / "o.h5").exists()
 
 
+def test_zero_filled_vb_file_is_refused_not_looped_on(gre, tmp_path):
+    """A VB-layout file (gre.dat's protocol block, then zero-filled data, as after an
+    interrupted copy): twixtools' own reader loops forever on its zero-length blocks, ours
+    stops with an error."""
+    scan = twixtools.read_twix(str(gre), parse_data=False, verbose=False)[-1]
+    bad = tmp_path / "zeros.dat"
+    bad.write_bytes(scan["hdr_str"].tobytes() + bytes(128 * 50))
+    with pytest.raises(DataError, match=r"corrupt twix file: data block 0 .* has length 0"):
+        read_header(bad)
+    assert read_measurement(gre).version == "VD/VE"
+
+
 def test_garbage_missing_and_wrong_measurement(gre, tmp_path):
     junk = tmp_path / "junk.dat"
     junk.write_bytes(np.random.default_rng(0).bytes(50_000))
