@@ -481,6 +481,27 @@ def test_3d_partitions_with_embedded_calibration():
     assert ks.noise is not None and ks.noise.shape == (c, 32)
 
 
+def test_partial_fourier_and_asymmetric_echo_are_zero_filled_in_place():
+    """6/8 partial Fourier (lines 4..15 of 16, centre line 8) and an asymmetric echo (24 of 32
+    samples, centre sample 8): each sample lands at its k-space position, the rest is zero."""
+    rng = np.random.default_rng(3)
+    c, nx, ny = 2, 16, 16
+    full = (rng.standard_normal((c, ny, 2 * nx)) + 1j).astype(np.complex64)
+    mdbs = []
+    for ky in range(4, ny):
+        m = _mdb(full[:, ky, 8:], ky, center_lin=ny // 2)  # samples kx = -8 .. 15
+        m.mdh.CenterCol = 8
+        mdbs.append(m)
+    meas = _measurement(_hdr(nx, ny, 1, 1, accel=1), mdbs)
+    enc = EncodingInfo.from_header(build_header(meas))
+    assert enc.encoded_matrix == (2 * nx, ny, 1) and enc.ky_center() == ny // 2
+    _, (ks,) = _groups(meas)
+    expected = np.zeros_like(full)
+    expected[:, 4:, 8:] = full[:, 4:, 8:]
+    np.testing.assert_array_equal(ks.data, expected)
+    np.testing.assert_array_equal(ks.mask, expected[0] != 0)
+
+
 def test_dat_that_holds_only_noise_is_refused(tmp_path):
     mdbs = [_mdb(np.ones((2, 16)), flags=("NOISEADJSCAN",))]
     with pytest.raises(DataError, match="no imaging scans"):
