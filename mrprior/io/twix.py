@@ -1,8 +1,8 @@
 """Siemens raw data (twix ``.dat``, VB and VD/VE multi-raid files) → ISMRMRD header and acquisitions.
 
-Parsing is twixtools' (``twixtools.read_twix``: protocol, measurement data headers (MDH), lazily
-read samples; ``twixtools.mdh_def`` flags; ``twixtools.quat`` for the slice orientation). This
-module only maps what twixtools parses onto ISMRMRD, so that a ``.dat`` file takes the same path
+Parsing is twixtools' (``twixtools.read_twix`` for the protocol, ``twixtools.mdb.Mdb`` for the
+measurement data headers (MDH) and lazily read samples, MDH flags by name, ``twixtools.quat`` for
+the slice orientation). This module only maps what twixtools parses onto ISMRMRD, so that a ``.dat`` file takes the same path
 as an ISMRMRD raw file: :func:`mrprior.io.raw.read_header`, :func:`~mrprior.io.raw.iter_acquisitions`
 and :func:`~mrprior.io.raw.iter_kspace` dispatch here for ``.dat`` paths, and
 :func:`convert_twix` writes an ISMRMRD raw file (``mrprior convert``).
@@ -24,16 +24,16 @@ Mapping (the conventions of Siemens' own converter ``siemens_to_ismrmrd``):
   dwell time from the protocol (``alDwellTime`` of the echo).
 - Flags: NOISEADJSCAN → noise measurement; PATREFSCAN → parallel calibration; PATREFANDIMASCAN →
   calibration and imaging; REFLECT → reverse; PHASCOR → phase-correction data; RTFEEDBACK /
-  HPFEEDBACK / PHASESTABSCAN / REFPHASESTABSCAN → their ISMRMRD flags (so every ISMRMRD reader,
-  :class:`~mrprior.io.raw.AcquisitionBuffer` included, skips them). MDHs ISMRMRD has no flag for
+  HPFEEDBACK / PHASESTABSCAN / REFPHASESTABSCAN → their ISMRMRD flags (readers that honour the
+  flags, :class:`~mrprior.io.raw.AcquisitionBuffer` included, skip them). MDHs ISMRMRD has no flag for
   (FID navigators, VOP monitoring, sync data) are dropped with a log line. ``FIRST/LAST_IN_SLICE``
   and ``LAST_IN_MEASUREMENT`` are computed from the order of the acquisitions: the last line of
   each (slice, contrast, phase, repetition, set, average) group carries ``LAST_IN_SLICE``, so a
   Siemens separate reference-scan block cannot close a group before its imaging lines.
 
 Noise: the MDH does not record the noise scans' dwell time, so noise acquisitions carry the
-imaging dwell time; whitening is unaffected, the absolute noise level may be off by the
-bandwidth ratio of the two ADCs.
+imaging dwell time: prewhitening decorrelates the coils as it should, but the whitened noise
+level may be off by the square root of the two ADCs' bandwidth ratio.
 
 EPI (``alRegridMode`` ≥ 2 ramp sampling, reflected lines, phase-correction navigators) converts
 to ISMRMRD with trajectory ``epi`` and the ramp-sampling description Gadgetron's EPI chain reads,
@@ -160,7 +160,8 @@ def _log_twixtools_output(path: Path, text: str) -> None:
 
 
 def read_measurement(path: str | Path, measurement: int = -1) -> TwixMeasurement:
-    """Parse one measurement of a twix file with ``twixtools.read_twix``.
+    """Parse one measurement of a twix file: its protocol with ``twixtools.read_twix``, its data
+    blocks with ``twixtools.mdb.Mdb`` (:func:`_read_mdbs`).
 
     Parameters
     ----------
@@ -410,18 +411,17 @@ def _geometry(meas: TwixMeasurement, kspace: list[Any]) -> _Geometry:
     if is_3d:
         parts = [int(x.mdh.Counter.Par) for x in kspace]
         need_z = 2 * max(center_par - min(parts), max(parts) - center_par + 1)
-        nz = _fit(int(_number(ksp, "lPartitions", default=1) or 1), need_z, "partition", path)
-        recon_z = int(
-            _number(ksp, "lImagesPerSlab", default=0) or _number(ksp, "lPartitions") or nz
-        )
-        enc_fov_z = thickness * nz / recon_z
+        partitions = int(_number(ksp, "lPartitions", default=1) or 1)
+        nz = _fit(partitions, need_z, "partition", path)
+        recon_z = int(_number(ksp, "lImagesPerSlab", default=0) or partitions)
+        enc_fov_z = thickness * partitions / recon_z  # slice oversampling, if any
     else:
         nz = recon_z = 1
         enc_fov_z = thickness
     return _Geometry(
         enc=(nx, ny, nz),
         recon=(recon_x, recon_y, recon_z),
-        enc_fov=(read_fov * nx / recon_x, phase_fov * (1.0 + os_phase), enc_fov_z),
+        enc_fov=(read_fov * os_read, phase_fov * (1.0 + os_phase), enc_fov_z),
         recon_fov=(read_fov, phase_fov, thickness),
         center_lin=center_lin,
         center_par=center_par if is_3d else 0,
