@@ -1,8 +1,8 @@
 """Siemens raw data (twix ``.dat``, VB and VD/VE multi-raid files) → ISMRMRD header and acquisitions.
 
-Parsing is twixtools' (``twixtools.read_twix``: protocol, measurement data headers (MDH), lazily
-read samples; ``twixtools.mdh_def`` flags; ``twixtools.quat`` for the slice orientation). This
-module only maps what twixtools parses onto ISMRMRD, so that a ``.dat`` file takes the same path
+Parsing is twixtools' (``twixtools.read_twix`` for the protocol, ``twixtools.mdb.Mdb`` for the
+measurement data headers (MDH) and lazily read samples, MDH flags by name, ``twixtools.quat`` for
+the slice orientation). This module only maps what twixtools parses onto ISMRMRD, so that a ``.dat`` file takes the same path
 as an ISMRMRD raw file: :func:`mrprior.io.raw.read_header`, :func:`~mrprior.io.raw.iter_acquisitions`
 and :func:`~mrprior.io.raw.iter_kspace` dispatch here for ``.dat`` paths, and
 :func:`convert_twix` writes an ISMRMRD raw file (``mrprior convert``).
@@ -24,16 +24,16 @@ Mapping (the conventions of Siemens' own converter ``siemens_to_ismrmrd``):
   dwell time from the protocol (``alDwellTime`` of the echo).
 - Flags: NOISEADJSCAN → noise measurement; PATREFSCAN → parallel calibration; PATREFANDIMASCAN →
   calibration and imaging; REFLECT → reverse; PHASCOR → phase-correction data; RTFEEDBACK /
-  HPFEEDBACK / PHASESTABSCAN / REFPHASESTABSCAN → their ISMRMRD flags (so every ISMRMRD reader,
-  :class:`~mrprior.io.raw.AcquisitionBuffer` included, skips them). MDHs ISMRMRD has no flag for
+  HPFEEDBACK / PHASESTABSCAN / REFPHASESTABSCAN → their ISMRMRD flags (readers that honour the
+  flags, :class:`~mrprior.io.raw.AcquisitionBuffer` included, skip them). MDHs ISMRMRD has no flag for
   (FID navigators, VOP monitoring, sync data) are dropped with a log line. ``FIRST/LAST_IN_SLICE``
   and ``LAST_IN_MEASUREMENT`` are computed from the order of the acquisitions: the last line of
   each (slice, contrast, phase, repetition, set, average) group carries ``LAST_IN_SLICE``, so a
   Siemens separate reference-scan block cannot close a group before its imaging lines.
 
 Noise: the MDH does not record the noise scans' dwell time, so noise acquisitions carry the
-imaging dwell time; whitening is unaffected, the absolute noise level may be off by the
-bandwidth ratio of the two ADCs.
+imaging dwell time: prewhitening decorrelates the coils as it should, but the whitened noise
+level may be off by the square root of the two ADCs' bandwidth ratio.
 
 EPI (``alRegridMode`` ≥ 2 ramp sampling, reflected lines, phase-correction navigators) converts
 to ISMRMRD with trajectory ``epi`` and the ramp-sampling description Gadgetron's EPI chain reads,
@@ -160,7 +160,8 @@ def _log_twixtools_output(path: Path, text: str) -> None:
 
 
 def read_measurement(path: str | Path, measurement: int = -1) -> TwixMeasurement:
-    """Parse one measurement of a twix file with ``twixtools.read_twix``.
+    """Parse one measurement of a twix file: its protocol with ``twixtools.read_twix``, its data
+    blocks with ``twixtools.mdb.Mdb`` (:func:`_read_mdbs`).
 
     Parameters
     ----------
@@ -193,13 +194,12 @@ def read_measurement(path: str | Path, measurement: int = -1) -> TwixMeasurement
             scans = twixtools.read_twix(
                 str(path),
                 include_scans=[index],
+                parse_data=False,
                 parse_pmu=False,
                 parse_geometry=False,
                 verbose=False,
-                keep_acqend=True,
-                keep_syncdata=False,
             )
-    except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError, TypeError) as exc:
+    except Exception as exc:  # a third-party parser on untrusted bytes: report any failure
         raise DataError(
             f"{path}: not a readable Siemens twix file ({type(exc).__name__}: {exc})"
         ) from None
@@ -214,27 +214,17 @@ def read_measurement(path: str | Path, measurement: int = -1) -> TwixMeasurement
             f"{path}: truncated or corrupt twix file: the protocol header of measurement "
             f"{index} cannot be parsed"
         )
+    start, end = 0, size
     raid = scan.get("raidfile_hdr")
     if raid is not None:
-        end = int(raid["off_"]) + int(raid["len_"])
+        start, end = int(raid["off_"]), int(raid["off_"]) + int(raid["len_"])
         if end > size:
             raise DataError(
                 f"{path}: truncated twix file: measurement {index} should end at byte {end} "
                 f"(multi-raid header) but the file has {size} bytes"
             )
-    mdbs = scan.get("mdb", [])
-    if not mdbs or not mdbs[-1].is_flag_set("ACQEND"):
-        raise DataError(
-            f"{path}: truncated twix file: measurement {index} has no end-of-acquisition block "
-            "(ACQEND)"
-        )
-    mdbs = mdbs[:-1]
-    for k, mdb in enumerate(mdbs):
-        if int(mdb.mem_pos) + int(mdb.dma_len) > size:
-            raise DataError(
-                f"{path}: truncated twix file: data block {k} (scan counter "
-                f"{mdb.mdh.ScanCounter}) runs past the end of the file"
-            )
+    start += len(scan["hdr_str"])
+    mdbs = _read_mdbs(path, index, is_ve, start, end)
     return TwixMeasurement(
         path=path,
         index=index,
@@ -243,6 +233,51 @@ def read_measurement(path: str | Path, measurement: int = -1) -> TwixMeasurement
         hdr=hdr,
         mdbs=mdbs,
     )
+
+
+def _read_mdbs(path: Path, index: int, is_ve: bool, start: int, end: int) -> list[Any]:
+    """The measurement data blocks from ``start`` to the end-of-acquisition block, each parsed
+    by ``twixtools.mdb.Mdb`` (samples stay on disk until read).
+
+    This is twixtools' own walk with its failure modes turned into errors: a block of length
+    0 (a zero-filled tail, where ``read_twix`` loops forever), blocks running past the end of
+    the file, and a missing ACQEND (truncated file). Sync data blocks are left out.
+    """
+    from twixtools.mdb import Mdb
+
+    mdbs: list[Any] = []
+    pos = start
+    with open(path, "rb") as fid:
+        while True:
+            if pos + 128 > end:
+                raise DataError(
+                    f"{path}: truncated twix file: measurement {index} ends after {len(mdbs)} "
+                    "data blocks without its end-of-acquisition block (ACQEND)"
+                )
+            fid.seek(pos)
+            try:
+                mdb = Mdb(fid, is_ve)
+            except (ValueError, TypeError) as exc:  # short read of the channel headers
+                raise DataError(
+                    f"{path}: truncated twix file: data block {len(mdbs)} at byte {pos} cannot "
+                    f"be read ({exc})"
+                ) from None
+            if mdb.is_flag_set("ACQEND"):
+                return mdbs
+            length = int(mdb.dma_len)
+            if length <= 0:
+                raise DataError(
+                    f"{path}: corrupt twix file: data block {len(mdbs)} at byte {pos} has "
+                    "length 0 (zero-filled data?)"
+                )
+            if pos + length > end:
+                raise DataError(
+                    f"{path}: truncated twix file: data block {len(mdbs)} (scan counter "
+                    f"{mdb.mdh.ScanCounter}) runs past the end of the file"
+                )
+            if not mdb.is_flag_set("SYNCDATA"):
+                mdbs.append(mdb)
+            pos += length
 
 
 def _has_protocol(hdr: dict[str, Any]) -> bool:
@@ -281,9 +316,12 @@ def _number(d: Any, *keys: str | int, default: float | None = None) -> float | N
 def classify(mdb: Any) -> str:
     """What one MDH is: ``"noise"``, ``"imaging"``, ``"calibration"`` (PAT reference only),
     ``"calibration_and_imaging"``, ``"other"`` (phase correction, feedback, phase
-    stabilisation, dummy: kept with its ISMRMRD flag) or ``"dropped"`` (no ISMRMRD equivalent)."""
+    stabilisation, dummy: kept with its ISMRMRD flag) or ``"dropped"`` (no ISMRMRD equivalent,
+    or no samples)."""
     if any(mdb.is_flag_set(f) for f in DROPPED_FLAGS):
         return "dropped"
+    if int(mdb.mdh.UsedChannels) == 0 or int(mdb.mdh.SamplesInScan) == 0:
+        return "dropped"  # no samples
     if mdb.is_flag_set("NOISEADJSCAN"):
         return "noise"
     if any(mdb.is_flag_set(f) for f in NON_IMAGING_FLAGS):
@@ -373,18 +411,17 @@ def _geometry(meas: TwixMeasurement, kspace: list[Any]) -> _Geometry:
     if is_3d:
         parts = [int(x.mdh.Counter.Par) for x in kspace]
         need_z = 2 * max(center_par - min(parts), max(parts) - center_par + 1)
-        nz = _fit(int(_number(ksp, "lPartitions", default=1) or 1), need_z, "partition", path)
-        recon_z = int(
-            _number(ksp, "lImagesPerSlab", default=0) or _number(ksp, "lPartitions") or nz
-        )
-        enc_fov_z = thickness * nz / recon_z
+        partitions = int(_number(ksp, "lPartitions", default=1) or 1)
+        nz = _fit(partitions, need_z, "partition", path)
+        recon_z = int(_number(ksp, "lImagesPerSlab", default=0) or partitions)
+        enc_fov_z = thickness * partitions / recon_z  # slice oversampling, if any
     else:
         nz = recon_z = 1
         enc_fov_z = thickness
     return _Geometry(
         enc=(nx, ny, nz),
         recon=(recon_x, recon_y, recon_z),
-        enc_fov=(read_fov * nx / recon_x, phase_fov * (1.0 + os_phase), enc_fov_z),
+        enc_fov=(read_fov * os_read, phase_fov * (1.0 + os_phase), enc_fov_z),
         recon_fov=(read_fov, phase_fov, thickness),
         center_lin=center_lin,
         center_par=center_par if is_3d else 0,
@@ -609,9 +646,7 @@ def _directions(mdb: Any) -> tuple[list[float], list[float], list[float]]:
     return list(read), list(phase), list(slc)
 
 
-def _acquisition(
-    meas: TwixMeasurement, mdb: Any, kind: str, counter: int, channels: int
-) -> ismrmrd.Acquisition:
+def _acquisition(meas: TwixMeasurement, mdb: Any, kind: str, channels: int) -> ismrmrd.Acquisition:
     try:
         data = np.ascontiguousarray(np.atleast_2d(mdb.data), dtype=np.complex64)
     except ValueError as exc:
@@ -684,8 +719,8 @@ class AcquisitionCounts:
         )
 
 
-def _flag_names(mdb: Any, names: tuple[str, ...]) -> str:
-    return "+".join(n for n in names if mdb.is_flag_set(n)) or "none"
+def _flag_names(mdb: Any, names: tuple[str, ...], default: str = "none") -> str:
+    return "+".join(n for n in names if mdb.is_flag_set(n)) or default
 
 
 def iter_measurement_acquisitions(
@@ -710,9 +745,9 @@ def iter_measurement_acquisitions(
     for i, kind in enumerate(kinds):
         mdb = meas.mdbs[i]
         if kind == "dropped":
-            counts.dropped[_flag_names(mdb, DROPPED_FLAGS)] += 1
+            counts.dropped[_flag_names(mdb, DROPPED_FLAGS, default="no samples")] += 1
             continue
-        acq = _acquisition(meas, mdb, kind, i, channels)
+        acq = _acquisition(meas, mdb, kind, channels)
         if kind == "other":
             counts.other[_flag_names(mdb, NON_IMAGING_FLAGS)] += 1
         else:
