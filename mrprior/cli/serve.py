@@ -24,10 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--shutdown-grace",
         type=float,
-        default=5.0,
+        default=3.0,
         metavar="S",
         help="on SIGTERM/SIGINT, seconds running reconstructions may take to finish before they "
-        "are cancelled (default: 5; a second signal cancels at once)",
+        "are cancelled (default: 3; a second signal cancels at once)",
     )
     p.add_argument(
         "--keepalive",

@@ -191,27 +191,32 @@ def test_openrecon_stream_reconstructs(server: MRDServer, raw_a3: RawCase, param
         ("strength", 25, "is outside [0.1, 10.0]"),
         ("iterations", 2.5, "is not a valid int"),
         ("phase", "maybe", "'phase': 'maybe' is not a boolean"),
-        ("config", "other", "'config': 'other' is not 'openrecon'"),
     ],
 )
 def test_bad_parameter_value_is_a_text_error_naming_it(
     server: MRDServer, raw_a3: RawCase, name: str, value, fragment: str
 ) -> None:
-    params = {name: value} if name != "config" else {}
     client = FireClient.connect(server.port)
     client.send_config_file("openrecon")
-    if name == "config":  # "config" inside the parameters switches configs: keep it inside
-        params = {"customconfig": "openrecon"}
-    client.send_text(json.dumps({"parameters": params}))
+    client.send_text(json.dumps({"parameters": {name: value}}))
     client.send_metadata(raw_a3.header_xml)
     client.send_close()
     result = client.wait()
-    if name == "config":
-        assert result.errors == [] and result.closed
-        return
     assert result.closed and result.unknown == []
     assert len(result.errors) == 1 and fragment in result.errors[0], result.texts
     assert f"OpenRecon parameter {name!r}" in result.errors[0]
+
+
+def test_config_parameter_names_the_config(server: MRDServer, raw_a3: RawCase) -> None:
+    """``config`` among the parameters selects the server config (as FIRE servers do)."""
+    client = FireClient.connect(server.port)
+    client.send_config_file("openrecon")
+    client.send_text(json.dumps({"parameters": {"config": "other"}}))
+    client.send_metadata(raw_a3.header_xml)
+    client.send_close()
+    result = client.wait()
+    assert result.closed and len(result.errors) == 1
+    assert "unknown config 'other'" in result.errors[0], result.texts
 
 
 def test_build_script_labels_the_image(tmp_path: Path) -> None:
