@@ -74,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     clean = server.shutdown(timeout=30.0, grace_s=args.shutdown_grace)
-    print("mrprior serve: stopped", flush=True)
-    if not clean:  # a thread stuck in native code: leave without running interpreter teardown
+    print(f"mrprior serve: stopped{'' if clean else ' (a connection did not end)'}", flush=True)
+    if signals or not clean:
+        # Stopped by a signal (docker stop): every connection has ended and reported; leave now,
+        # without the interpreter teardown of torch's thread pools (seconds on a busy machine,
+        # and where a thread still in native code would abort the process).
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
