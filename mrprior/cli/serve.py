@@ -24,10 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--shutdown-grace",
         type=float,
-        default=5.0,
+        default=3.0,
         metavar="S",
         help="on SIGTERM/SIGINT, seconds running reconstructions may take to finish before they "
-        "are cancelled (default: 5; a second signal cancels at once)",
+        "are cancelled (default: 3; a second signal cancels at once)",
     )
     p.add_argument(
         "--keepalive",
@@ -74,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     clean = server.shutdown(timeout=30.0, grace_s=args.shutdown_grace)
-    print("mrprior serve: stopped", flush=True)
-    if not clean:  # a thread stuck in native code: leave without running interpreter teardown
+    print(f"mrprior serve: stopped{'' if clean else ' (a connection did not end)'}", flush=True)
+    if signals or not clean:
+        # Stopped by a signal (docker stop): every connection has ended and reported; leave now,
+        # without the interpreter teardown of torch's thread pools (seconds on a busy machine,
+        # and where a thread still in native code would abort the process).
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
