@@ -59,7 +59,9 @@ __all__ = [
     "PlaneGeometry",
     "PlaneStack",
     "PriorConfig",
+    "ReadoutCrop",
     "ReconConfig",
+    "acquisition_buffer",
     "coil_maps",
     "default_config_path",
     "fit_matrix",
@@ -69,6 +71,7 @@ __all__ = [
     "plane_geometry",
     "plane_stack",
     "preprocess",
+    "readout_reducer",
     "reconstruct",
     "reconstruct_file",
     "reconstruct_stream",
@@ -361,6 +364,44 @@ def preprocess(kspace: KSpace, cfg: ReconConfig) -> KSpace:
             oversampling_removed=True,
         )
     return ks.replace(**changes)
+
+
+@dataclass(frozen=True)
+class ReadoutCrop:
+    """Readout-oversampling removal of one line at a time (a
+    :class:`~mrprior.io.raw.ReadoutReducer`): the same
+    :func:`~mrprior.mr.oversampling.remove_readout_oversampling` and mask resampling that
+    :func:`preprocess` applies to a whole group."""
+
+    size: int
+
+    def __call__(self, line: np.ndarray) -> np.ndarray:
+        from mrprior.mr.oversampling import remove_readout_oversampling
+
+        return remove_readout_oversampling(line, self.size)
+
+    def mask(self, covered: np.ndarray) -> np.ndarray:
+        return _resample_mask(covered, self.size)
+
+
+def readout_reducer(header: Any, cfg: ReconConfig) -> ReadoutCrop | None:
+    """The per-line readout reduction the pipeline's buffers apply (None when the config keeps
+    the oversampling or the header has none)."""
+    from mrprior.io.containers import EncodingInfo
+    from mrprior.io.raw import parse_header
+
+    enc = EncodingInfo.from_header(parse_header(header))
+    nx_enc, nx = enc.encoded_matrix[0], enc.recon_matrix[0]
+    if not cfg.remove_oversampling or nx_enc <= nx:
+        return None
+    return ReadoutCrop(nx)
+
+
+def acquisition_buffer(header: Any, cfg: ReconConfig) -> AcquisitionBuffer:
+    """The :class:`~mrprior.io.raw.AcquisitionBuffer` every pipeline entry point (files,
+    streams, the node) fills: it removes the readout oversampling line by line when ``cfg``
+    asks for it, so a buffered 3D volume takes its recon-size memory, not twice that."""
+    return AcquisitionBuffer(header, readout=readout_reducer(header, cfg))
 
 
 def use_calib_as_data(cfg: ReconConfig, kspace: KSpace) -> bool:
@@ -860,7 +901,7 @@ def reconstruct_stream(
     """Reconstruct a stream of acquisitions: yields the images of each group as it completes
     (see :class:`~mrprior.io.raw.AcquisitionBuffer`) and of the groups left at the end of the
     stream; then raises :class:`DataError` if groups had bad data."""
-    buffer = AcquisitionBuffer(header)
+    buffer = acquisition_buffer(header, cfg)
     for acq in acquisitions:
         for ks in buffer.add(acq):
             yield images_from_series(reconstruct(ks, cfg), cfg)
@@ -891,7 +932,7 @@ def reconstruct_file(
     header = read_header(path, dataset)
     images: list[ismrmrd.Image] = []
     bar = tqdm(desc=Path(path).name, unit="group", disable=not progress, leave=False)
-    groups = iter_kspace(path, dataset, header=header)
+    groups = iter_kspace(path, dataset, header=header, readout=readout_reducer(header, cfg))
     try:
         while True:
             try:

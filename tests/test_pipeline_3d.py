@@ -21,6 +21,7 @@ from mrprior.io.raw import AcquisitionBuffer, read_header, read_raw
 from mrprior.mr.fft import ifftc
 from mrprior.mr.sense import sense_operator
 from mrprior.pipeline import (
+    acquisition_buffer,
     images_from_series,
     load_recon_config,
     plane_geometry,
@@ -173,7 +174,10 @@ def _coils_change(acqs):
             r"repetition 1: acquisition \d+: partition kspace_encoding_step_2 = 17 outside the "
             r"encoding limits \[0, 15\]",
         ),
-        (_missing_partitions, r"repetition 1: missing partitions: kspace_encode_step_2 10\.\.15 of 0\.\.15"),
+        (
+            _missing_partitions,
+            r"repetition 1: missing partitions: kspace_encode_step_2 10\.\.15 of 0\.\.15",
+        ),
         (_coils_change, r"repetition 1: inconsistent coil count: acquisition \d+ has 3 channels"),
     ],
     ids=["partition-outside-limits", "missing-partitions", "coils-change-within-volume"],
@@ -258,6 +262,21 @@ def test_preprocess_3d_in_chunks_matches_whole(raw3d):
     assert whole.data.shape == (4, *SHAPE)
     np.testing.assert_allclose(chunked.data, whole.data, rtol=1e-5, atol=1e-6)
     assert whole.data is not groups[0].data
+
+
+def test_buffer_removes_oversampling_line_by_line_like_preprocess(raw3d):
+    """The pipeline's buffer (oversampling removed as lines arrive, half the memory) holds
+    exactly what preprocessing the encoded-size volume gives."""
+    header, groups = read_raw(raw3d.path)
+    cfg = _cfg(prewhiten=False)
+    buf = acquisition_buffer(header, cfg)
+    streamed = [ks for a in raw3d.acqs for ks in buf.add(a)]
+    assert streamed[0].oversampling_removed and streamed[0].data.shape == (4, *SHAPE)
+    whole = preprocess(groups[0], cfg)
+    np.testing.assert_allclose(streamed[0].data, whole.data, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(streamed[0].mask, whole.mask)
+    np.testing.assert_array_equal(streamed[0].calib, whole.calib)
+    assert preprocess(streamed[0], cfg) is streamed[0]  # nothing left to do
 
 
 # -- ISMRMRD images, NIfTI -----------------------------------------------------------------
