@@ -460,6 +460,11 @@ def coil_maps(kspace: KSpace, cfg: ReconConfig, device: torch.device) -> Any:
     Returns ``[C, ky, kx]`` for a 2D group and ``[C, z, y, x]`` for a 3D volume (from the 3D
     calibration region), on the array module of ``device`` (numpy or cupy, not torch: the
     planes take their slices of the maps batch by batch).
+
+    Raises
+    ------
+    DataError
+        No calibration region, or maps that are zero everywhere (nothing to reconstruct).
     """
     from mrprior.mr.espirit import espirit_maps
 
@@ -469,7 +474,7 @@ def coil_maps(kspace: KSpace, cfg: ReconConfig, device: torch.device) -> Any:
     c = cfg.coil_maps
     # the buffer leaves unacquired positions zero: no masked copy of a 3D volume is needed
     data = ks.data if ks.is_3d else ks.data * sampled[None]
-    return espirit_maps(
+    maps = espirit_maps(
         data,
         calib=c.calib_size,
         kernel=c.kernel_size,
@@ -477,6 +482,13 @@ def coil_maps(kspace: KSpace, cfg: ReconConfig, device: torch.device) -> Any:
         crop=c.crop,
         mask=sampled,
     )
+    if not bool(xp.any(maps)):
+        raise DataError(
+            "ESPIRiT coil maps are zero everywhere (no eigenvalue above coil_maps.crop = "
+            f"{c.crop}): the calibration region is too small for kernel_size = {c.kernel_size}, "
+            "or crop is too high"
+        )
+    return maps
 
 
 @dataclass

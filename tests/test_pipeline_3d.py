@@ -347,3 +347,31 @@ def test_nifti_affine_of_a_volume(raw3d, tmp_path):
     np.testing.assert_allclose(ras[:3], centre * [-1, -1, 1], atol=1e-4)
     pngs = export_montage(images, tmp_path / "png", prefix="vol")
     assert len(pngs) == 1 and pngs[0].stat().st_size > 0
+
+
+# -- coil-map methods on a volume (3D ESPIRiT) -----------------------------------------------
+@pytest.fixture(scope="module")
+def calib3d(tmp_path_factory: pytest.TempPathFactory):
+    """R = 2 × 2 with a 12 × 12 calibration box, 6 coils."""
+    return write_raw_3d(
+        tmp_path_factory.mktemp("cal3d") / "cal.h5", shape=SHAPE, coils=6, calib=(12, 12)
+    )
+
+
+def test_sense_on_a_volume_with_3d_espirit_maps(calib3d):
+    _, groups = read_raw(calib3d.path)
+    truth = np.abs(calib3d.volume)
+    sense = reconstruct(groups[0], _cfg("sense", kernel_size=5, planes_per_batch=6))
+    zero = reconstruct(groups[0], _cfg("zerofill", kernel_size=5))
+    assert sense.image.shape == zero.image.shape == SHAPE
+    assert "csm" not in sense.extras  # volumes do not carry their maps along
+    e_sense, e_zero = _nrmse(sense.image, truth), _nrmse(zero.image, truth)
+    assert e_sense < 0.2 < e_zero, (e_sense, e_zero)
+    # readout positions outside the ESPIRiT support are not solved
+    assert sense.info["planes_solved"] < sense.info["planes"] == SHAPE[2]
+
+
+def test_coil_maps_zero_everywhere_is_a_clear_error(calib3d):
+    _, groups = read_raw(calib3d.path)
+    with pytest.raises(DataError, match="coil maps are zero everywhere"):
+        reconstruct(groups[0], _cfg("sense", calib_size=8, kernel_size=6))
