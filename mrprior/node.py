@@ -382,7 +382,7 @@ def process(
         ``cancelled`` when the job was cancelled.
     """
     from mrprior import pipeline
-    from mrprior.io.raw import AcquisitionBuffer, parse_header
+    from mrprior.io.raw import parse_header
 
     stats = NodeStats(config_name=config_name)
     token = token or CancelToken()
@@ -424,7 +424,7 @@ def process(
     try:
         with cancel_scope(token):
             hdr = header if isinstance(header, ismrmrd.xsd.ismrmrdHeader) else parse_header(header)
-            buffer = AcquisitionBuffer(hdr)
+            buffer = pipeline.acquisition_buffer(hdr, cfg)
             logger.info("connection [%s]: receiving data", config_name)
             prefetch = _Prefetch(connection, token)
             for msg, t_received in prefetch:

@@ -60,7 +60,9 @@ __all__ = [
     "PlaneGeometry",
     "PlaneStack",
     "PriorConfig",
+    "ReadoutCrop",
     "ReconConfig",
+    "acquisition_buffer",
     "coil_maps",
     "default_config_path",
     "fit_matrix",
@@ -70,6 +72,7 @@ __all__ = [
     "plane_geometry",
     "plane_stack",
     "preprocess",
+    "readout_reducer",
     "reconstruct",
     "reconstruct_file",
     "reconstruct_stream",
@@ -364,6 +367,44 @@ def preprocess(kspace: KSpace, cfg: ReconConfig) -> KSpace:
     return ks.replace(**changes)
 
 
+@dataclass(frozen=True)
+class ReadoutCrop:
+    """Readout-oversampling removal of one line at a time (a
+    :class:`~mrprior.io.raw.ReadoutReducer`): the same
+    :func:`~mrprior.mr.oversampling.remove_readout_oversampling` and mask resampling that
+    :func:`preprocess` applies to a whole group."""
+
+    size: int
+
+    def __call__(self, line: np.ndarray) -> np.ndarray:
+        from mrprior.mr.oversampling import remove_readout_oversampling
+
+        return remove_readout_oversampling(line, self.size)
+
+    def mask(self, covered: np.ndarray) -> np.ndarray:
+        return _resample_mask(covered, self.size)
+
+
+def readout_reducer(header: Any, cfg: ReconConfig) -> ReadoutCrop | None:
+    """The per-line readout reduction the pipeline's buffers apply (None when the config keeps
+    the oversampling or the header has none)."""
+    from mrprior.io.containers import EncodingInfo
+    from mrprior.io.raw import parse_header
+
+    enc = EncodingInfo.from_header(parse_header(header))
+    nx_enc, nx = enc.encoded_matrix[0], enc.recon_matrix[0]
+    if not cfg.remove_oversampling or nx_enc <= nx:
+        return None
+    return ReadoutCrop(nx)
+
+
+def acquisition_buffer(header: Any, cfg: ReconConfig) -> AcquisitionBuffer:
+    """The :class:`~mrprior.io.raw.AcquisitionBuffer` every pipeline entry point (files,
+    streams, the node) fills: it removes the readout oversampling line by line when ``cfg``
+    asks for it, so a buffered 3D volume takes its recon-size memory, not twice that."""
+    return AcquisitionBuffer(header, readout=readout_reducer(header, cfg))
+
+
 def use_calib_as_data(cfg: ReconConfig, kspace: KSpace) -> bool:
     """Whether calibration-only lines join the measured data (resolves ``calib_as_data``)."""
     if cfg.calib_as_data != "auto":
@@ -420,6 +461,11 @@ def coil_maps(kspace: KSpace, cfg: ReconConfig, device: torch.device) -> Any:
     Returns ``[C, ky, kx]`` for a 2D group and ``[C, z, y, x]`` for a 3D volume (from the 3D
     calibration region), on the array module of ``device`` (numpy or cupy, not torch: the
     planes take their slices of the maps batch by batch).
+
+    Raises
+    ------
+    DataError
+        No calibration region, or maps that are zero everywhere (nothing to reconstruct).
     """
     from mrprior.mr.espirit import espirit_maps
 
@@ -429,7 +475,7 @@ def coil_maps(kspace: KSpace, cfg: ReconConfig, device: torch.device) -> Any:
     c = cfg.coil_maps
     # the buffer leaves unacquired positions zero: no masked copy of a 3D volume is needed
     data = ks.data if ks.is_3d else ks.data * sampled[None]
-    return espirit_maps(
+    maps = espirit_maps(
         data,
         calib=c.calib_size,
         kernel=c.kernel_size,
@@ -437,6 +483,13 @@ def coil_maps(kspace: KSpace, cfg: ReconConfig, device: torch.device) -> Any:
         crop=c.crop,
         mask=sampled,
     )
+    if not bool(xp.any(maps)):
+        raise DataError(
+            "ESPIRiT coil maps are zero everywhere (no eigenvalue above coil_maps.crop = "
+            f"{c.crop}): the calibration region is too small for kernel_size = {c.kernel_size}, "
+            "or crop is too high"
+        )
+    return maps
 
 
 @dataclass
@@ -863,7 +916,7 @@ def reconstruct_stream(
     """Reconstruct a stream of acquisitions: yields the images of each group as it completes
     (see :class:`~mrprior.io.raw.AcquisitionBuffer`) and of the groups left at the end of the
     stream; then raises :class:`DataError` if groups had bad data."""
-    buffer = AcquisitionBuffer(header)
+    buffer = acquisition_buffer(header, cfg)
     for acq in acquisitions:
         for ks in buffer.add(acq):
             yield images_from_series(reconstruct(ks, cfg), cfg)
@@ -894,7 +947,7 @@ def reconstruct_file(
     header = read_header(path, dataset)
     images: list[ismrmrd.Image] = []
     bar = tqdm(desc=Path(path).name, unit="group", disable=not progress, leave=False)
-    groups = iter_kspace(path, dataset, header=header)
+    groups = iter_kspace(path, dataset, header=header, readout=readout_reducer(header, cfg))
     try:
         while True:
             try:

@@ -348,3 +348,32 @@ def test_pipeline_recon_writes_images_and_exports(phantom_raw: Path, tmp_path: P
         assert "encoding" in ds.read_xml_header().decode()  # the raw header travels along
     other = load_recon_config(overrides={"method": "sense", "device": "cpu"})
     assert recon.key == PipelineRecon(cfg).key != PipelineRecon(other).key
+
+
+@pytest.mark.ismrmrd_tools
+def test_batch_with_a_3d_file(cluster_address: str, phantom_raw: Path, tmp_path: Path):
+    """A 2D and a 3D raw file in one batch: each goes through the one pipeline; the 3D one comes
+    back as one image per partition, with its NIfTI volume and montage."""
+    import nibabel as nib
+
+    from mrprior.batch import PipelineRecon
+    from mrprior.pipeline import load_recon_config
+    from tests.io.raw3d import write_raw_3d
+
+    vol = write_raw_3d(tmp_path / "raw" / "vol3d.h5", shape=(16, 24, 20), calib=(12, 12))
+    flat = tmp_path / "raw" / "slice2d.h5"
+    shutil.copyfile(phantom_raw, flat)
+    cfg = load_recon_config(overrides={"method": "sense", "device": "cpu", "kernel_size": 5})
+    recon = PipelineRecon(cfg, png_dir=tmp_path / "png", nifti_dir=tmp_path / "nii")
+    report = run_batch(
+        [flat, vol.path], tmp_path / "out", recon, scheduler=cluster_address, progress=False
+    )
+    assert report.ok and len(report.done) == 2, report.format_summary()
+    summary = {Path(f.input).stem: f.summary for f in report.done}
+    assert summary["vol3d"]["is_3d"] and summary["vol3d"]["images"] == 16
+    assert not summary["slice2d"]["is_3d"]
+    with ismrmrd.Dataset(str(tmp_path / "out" / "vol3d_recon.h5"), "dataset", mode="r") as ds:
+        slices = [ds.read_image("image_1", i).slice for i in range(ds.number_of_images("image_1"))]
+    assert slices == list(range(16))
+    assert nib.load(summary["vol3d"]["nifti"]).shape == (20, 24, 16)
+    assert len(summary["vol3d"]["png"]) == 1  # one montage

@@ -127,34 +127,48 @@ def writecfl(base: str | os.PathLike[str], array: np.ndarray) -> None:
 
 # -- axis mapping ------------------------------------------------------------------------------
 def kspace_to_bart(kspace: np.ndarray) -> np.ndarray:
-    """mrprior k-space or coil maps ``[C, ky, kx]`` -> BART ``[kx, ky, 1, C]``."""
-    if kspace.ndim != 3:
-        raise DataError(f"expected [C, ky, kx]: {kspace.shape=}")
-    return np.transpose(kspace, (2, 1, 0))[:, :, None, :]
+    """mrprior k-space or coil maps ``[C, ky, kx]`` -> BART ``[kx, ky, 1, C]``, or 3D
+    ``[C, kz, ky, kx]`` -> ``[kx, ky, kz, C]``."""
+    if kspace.ndim == 3:
+        return np.transpose(kspace, (2, 1, 0))[:, :, None, :]
+    if kspace.ndim == 4:
+        return np.transpose(kspace, (3, 2, 1, 0))
+    raise DataError(f"expected [C, ky, kx] or [C, kz, ky, kx]: {kspace.shape=}")
 
 
-def kspace_from_bart(array: np.ndarray) -> np.ndarray:
-    """BART ``[kx, ky, 1, C, (1...)]`` -> mrprior ``[C, ky, kx]`` (C-contiguous copy)."""
+def kspace_from_bart(array: np.ndarray, ndim: int = 2) -> np.ndarray:
+    """BART ``[kx, ky, kz, C, (1...)]`` -> mrprior ``[C, ky, kx]`` (``ndim=2``, needs ``kz = 1``)
+    or ``[C, kz, ky, kx]`` (``ndim=3``); a C-contiguous copy."""
+    if ndim not in (2, 3):
+        raise ValueError(f"ndim must be 2 or 3: {ndim=}")
     a = _squeeze_trailing(array, 4)
-    if a.ndim == 3:  # [x, y, z] with one coil
-        a = a[..., None]
-    if a.ndim != 4 or a.shape[2] != 1:
-        raise DataError(f"expected BART [kx, ky, 1, C]: {array.shape=}")
-    return np.ascontiguousarray(np.transpose(a[:, :, 0, :], (2, 1, 0)))
+    if a.ndim < 4:  # one coil and/or a single partition
+        a = a.reshape(a.shape + (1,) * (4 - a.ndim), order="F")
+    if a.ndim != 4 or (ndim == 2 and a.shape[2] != 1):
+        want = "[kx, ky, 1, C]" if ndim == 2 else "[kx, ky, kz, C]"
+        raise DataError(f"expected BART {want}: {array.shape=}")
+    out = np.transpose(a, (3, 2, 1, 0))
+    return np.ascontiguousarray(out[:, 0] if ndim == 2 else out)
 
 
 def image_to_bart(image: np.ndarray) -> np.ndarray:
-    """mrprior image ``[ky, kx]`` -> BART ``[kx, ky]``; also a mask ``[ky, kx]``."""
-    if image.ndim != 2:
-        raise DataError(f"expected [ky, kx]: {image.shape=}")
+    """mrprior image ``[ky, kx]`` -> BART ``[kx, ky]`` or volume ``[z, y, x]`` -> ``[x, y, z]``;
+    also a mask of the same shape."""
+    if image.ndim not in (2, 3):
+        raise DataError(f"expected [ky, kx] or [z, y, x]: {image.shape=}")
     return np.transpose(image)
 
 
-def image_from_bart(array: np.ndarray) -> np.ndarray:
-    """BART image ``[kx, ky, (1...)]`` -> mrprior ``[ky, kx]`` (C-contiguous copy)."""
-    a = _squeeze_trailing(array, 2)
-    if a.ndim != 2:
-        raise DataError(f"expected a 2D BART image [kx, ky, 1, ...]: {array.shape=}")
+def image_from_bart(array: np.ndarray, ndim: int = 2) -> np.ndarray:
+    """BART image ``[x, y, (z), (1...)]`` -> mrprior ``[y, x]`` (``ndim=2``) or ``[z, y, x]``
+    (``ndim=3``), a C-contiguous copy."""
+    if ndim not in (2, 3):
+        raise ValueError(f"ndim must be 2 or 3: {ndim=}")
+    a = _squeeze_trailing(array, ndim)
+    if a.ndim != ndim:
+        raise DataError(
+            f"expected a {ndim}D BART image [x, y{', z' * (ndim == 3)}, 1, ...]: {array.shape=}"
+        )
     return np.ascontiguousarray(a.T)
 
 

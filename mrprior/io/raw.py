@@ -23,8 +23,11 @@ Lines flagged ``PARALLEL_CALIBRATION`` go to the calibration region only; lines 
 Placement: line ``ky`` goes to row ``ky - center_ky + ny // 2`` and partition ``kz`` to plane
 ``kz - center_kz + nz // 2`` (centres from the encoding limits, else half the matrix); readout
 samples are placed so that ``center_sample`` lands at ``nx_enc // 2`` (so asymmetric echoes are
-zero-filled). Data stay at the *encoded* matrix size and unwhitened: readout-oversampling
-removal and noise prewhitening happen in one place, :func:`mrprior.pipeline.preprocess`.
+zero-filled). Data stay unwhitened, and at the *encoded* matrix size unless the buffer is
+given a ``readout`` reduction: readout-oversampling removal and noise prewhitening are the
+pipeline's (:func:`mrprior.pipeline.preprocess`; its buffers,
+:func:`mrprior.pipeline.acquisition_buffer`, remove the oversampling line by line with the same
+function, which halves the memory of a buffered 3D volume).
 One complex64 array per group holds the data (imaging lines replace calibration-only lines at
 the same position; repeated lines are averaged), so a 3D volume costs its k-space size once.
 
@@ -42,7 +45,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import h5py
 import ismrmrd
@@ -105,6 +108,18 @@ def parse_header(xml: str | bytes | Any) -> Any:
     return header
 
 
+class ReadoutReducer(Protocol):
+    """Reduces each zero-filled encoded readout ``[C, nx_enc]`` to ``[C, size]`` as it arrives
+    (e.g. readout-oversampling removal); ``mask`` maps the encoded samples a line covers
+    (bool ``[nx_enc]``) to the reduced positions it covers (bool ``[size]``)."""
+
+    size: int
+
+    def __call__(self, line: np.ndarray) -> np.ndarray: ...
+
+    def mask(self, covered: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass
 class _Group:
     """Accumulates the lines of one group (2D groups use kz = 1 internally).
@@ -160,6 +175,10 @@ class AcquisitionBuffer:
     ----------
     header : parsed header, or its XML text.
     encoding_index : which ``<encoding>`` of the header the data belong to.
+    readout : optional reduction applied to every readout as it arrives (the pipeline passes
+        its readout-oversampling removal, so a 3D volume is held at the recon readout size;
+        see :func:`mrprior.pipeline.acquisition_buffer`). Emitted groups then carry
+        ``oversampling_removed=True``.
 
     Attributes
     ----------
@@ -174,8 +193,11 @@ class AcquisitionBuffer:
         differs from earlier acquisitions. Problems of one group are kept in :attr:`errors`.
     """
 
-    def __init__(self, header: Any, encoding_index: int = 0) -> None:
+    def __init__(
+        self, header: Any, encoding_index: int = 0, readout: ReadoutReducer | None = None
+    ) -> None:
         self.header = parse_header(header)
+        self.readout = readout
         self.encoding = EncodingInfo.from_header(self.header, encoding_index)
         if self.encoding.trajectory not in CARTESIAN_TRAJECTORIES:
             raise DataError(
@@ -404,25 +426,38 @@ class AcquisitionBuffer:
             )
         key = indices.as_tuple()
         group = self._groups.get(key)
+        width = nx if self.readout is None else self.readout.size
         if group is None:
-            group = _Group(indices=indices, shape=(self._coils or data.shape[0], nz, ny, nx))
+            group = _Group(indices=indices, shape=(self._coils or data.shape[0], nz, ny, width))
             self._groups[key] = group
         stop = start + samples.shape[1]
+        if self.readout is None:
+            cols: slice | np.ndarray = slice(start, stop)
+        else:  # reduce the zero-filled encoded line as it arrives
+            full = np.zeros((samples.shape[0], nx), np.complex64)
+            full[:, start:stop] = samples
+            covered = np.zeros(nx, bool)
+            covered[start:stop] = True
+            samples = self.readout(full)
+            cols = np.flatnonzero(self.readout.mask(covered))
+            samples = samples[:, cols] if cols.size != width else samples
+            if cols.size == width:
+                cols = slice(0, width)
         calib_only = acq.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
         both = acq.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
         if calib_only or both:
-            group.cal_mask[plane, row, start:stop] = True
+            group.cal_mask[plane, row, cols] = True
         line = group.data[:, plane, row]
         if calib_only:
             if group.img_count[plane, row] == 0:  # imaging lines take precedence
-                line[:, start:stop] += samples
+                line[:, cols] += samples
             group.cal_count[plane, row] += 1
         else:
             if group.img_count[plane, row] == 0 and group.cal_count[plane, row] > 0:
                 line[:] = 0  # drop calibration-only data: an imaging line replaces it
-            line[:, start:stop] += samples
+            line[:, cols] += samples
             group.img_count[plane, row] += 1
-            group.img_mask[plane, row, start:stop] = True
+            group.img_mask[plane, row, cols] = True
             if group.reference is None:
                 group.reference = ismrmrd.AcquisitionHeader.from_buffer_copy(acq.getHead())
                 group.dwell_us = float(acq.sample_time_us)
@@ -488,6 +523,7 @@ class AcquisitionBuffer:
             noise=None if noise is None else noise.copy(),
             noise_dwell_us=self._noise_dwell_us,
             dwell_us=group.dwell_us,
+            oversampling_removed=self.readout is not None,
         )
 
 
@@ -598,9 +634,14 @@ def iter_acquisitions(
 
 
 def iter_kspace(
-    path: str | Path, dataset: str = "dataset", header: Any | None = None
+    path: str | Path,
+    dataset: str = "dataset",
+    header: Any | None = None,
+    readout: ReadoutReducer | None = None,
 ) -> Iterator[KSpace]:
-    """Yield the k-space groups of a raw file as they complete (same buffer as streams).
+    """Yield the k-space groups of a raw file as they complete (same buffer as streams;
+    ``readout`` as in :class:`AcquisitionBuffer`). Groups with bad data are raised as one
+    :class:`DataError` after every good group was yielded.
 
     Raises
     ------
@@ -615,7 +656,7 @@ def iter_kspace(
             _group(f, path, dataset)  # structure first: "no acquisitions" before header errors
         header = read_header(path, dataset)
     try:
-        buffer = AcquisitionBuffer(header)
+        buffer = AcquisitionBuffer(header, readout=readout)
     except DataError as exc:
         raise type(exc)(f"{path}: {exc}") from None
     emitted = 0

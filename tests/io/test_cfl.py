@@ -129,3 +129,15 @@ def test_phantom_kspace_orientation():
     corr = np.corrcoef(rec.ravel(), np.abs(img).ravel())[0, 1]
     corr_t = np.corrcoef(rec.T.ravel(), np.abs(img).ravel())[0, 1]
     assert corr > 0.9 and corr > corr_t
+
+
+def test_axis_mapping_3d_roundtrip():
+    k = _arr((3, 4, 5, 7))
+    b = kspace_to_bart(k)
+    assert b.shape == (7, 5, 4, 3)
+    assert b[6, 4, 3, 2] == k[2, 3, 4, 6]  # BART [x, y, z, C]
+    np.testing.assert_array_equal(kspace_from_bart(b, ndim=3), k)
+    with pytest.raises(DataError, match=r"\[kx, ky, 1, C\]"):
+        kspace_from_bart(b)  # a volume is not a 2D slice
+    vol = _arr((4, 5, 7))
+    np.testing.assert_array_equal(image_from_bart(image_to_bart(vol)[..., None], ndim=3), vol)
