@@ -202,13 +202,99 @@ class BatchReport:
 # --------------------------------------------------------------------------------------------
 # reconstruction by config
 # --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ReconSummary:
+    """What :func:`recon_one_file` did."""
+
+    input: Path
+    output: Path
+    method: str
+    groups: int
+    images: int
+    seconds: float
+    png: list[Path] = dataclasses.field(default_factory=list)
+    nifti: Path | None = None
+    is_3d: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": str(self.input),
+            "output": str(self.output),
+            "method": self.method,
+            "groups": self.groups,
+            "images": self.images,
+            "seconds": round(self.seconds, 3),
+            "png": [str(p) for p in self.png],
+            "nifti": str(self.nifti) if self.nifti else None,
+            "is_3d": self.is_3d,
+        }
+
+
+def recon_one_file(
+    in_path: str | Path,
+    out_path: str | Path,
+    cfg: Any,
+    png_dir: str | Path | None = None,
+    nifti_path: str | Path | None = None,
+    progress: bool = True,
+) -> ReconSummary:
+    """Reconstruct one raw file with ``cfg`` (a ``ReconConfig``) and write its images.
+
+    The raw header is stored in the output file too. When ``png_dir`` is given, PNGs go there:
+    one per image for 2D data, one montage per volume (and series) for 3D data. A NIfTI volume
+    of the magnitude series goes to ``nifti_path`` (3D: the volume with its affine).
+
+    Raises
+    ------
+    IncompleteReconstruction
+        Some groups had bad data: the images of all other groups are written (and exported)
+        first, then the error naming the bad groups is raised.
+    """
+    from mrprior.io.containers import EncodingInfo
+    from mrprior.io.export import export_montage, export_nifti, export_png
+    from mrprior.io.images import write_images
+    from mrprior.io.raw import read_header
+    from mrprior.pipeline import IncompleteReconstruction, reconstruct_file
+
+    t0 = time.perf_counter()
+    in_path, out_path = Path(in_path), Path(out_path)
+    header = read_header(in_path)
+    is_3d = EncodingInfo.from_header(header).is_3d
+    incomplete: IncompleteReconstruction | None = None
+    try:
+        images = reconstruct_file(in_path, cfg, progress=progress)
+    except IncompleteReconstruction as exc:
+        images, incomplete = exc.images, exc
+    write_images(images, out_path, header=header)
+    start = cfg.output.series_index_start
+    first = [im for im in images if im.image_series_index == start]
+    groups = len({(im.repetition, im.contrast, im.phase, im.set, im.average) for im in first})
+    groups = groups if is_3d else len(first)
+    summary = ReconSummary(
+        input=in_path,
+        output=out_path,
+        method=cfg.method,
+        groups=groups,
+        images=len(images),
+        seconds=time.perf_counter() - t0,
+        is_3d=is_3d,
+    )
+    if png_dir is not None:
+        export = export_montage if is_3d else export_png
+        summary.png = export(images, png_dir, prefix=in_path.stem)
+    if nifti_path is not None:
+        summary.nifti = export_nifti(images, nifti_path, series_index=start)
+    summary.seconds = time.perf_counter() - t0
+    if incomplete is not None:
+        raise incomplete
+    return summary
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineRecon:
     """Picklable per-file reconstruction ``(in_path, out_path) -> summary`` from a recon config.
 
-    Reads the raw file's header, reconstructs every group with
-    :func:`mrprior.pipeline.reconstruct_file` and writes the images (with the raw header) with
-    :func:`mrprior.io.images.write_images`: the same steps as ``mrprior recon`` for one file.
+    :func:`recon_one_file`: the same steps as ``mrprior recon`` for one file (2D or 3D).
     Imports happen on the worker at call time.
 
     Parameters
@@ -216,7 +302,7 @@ class PipelineRecon:
     config : ReconConfig
         The recon config (from :func:`mrprior.pipeline.load_recon_config`).
     png_dir : Path, optional
-        Also write windowed PNGs to ``png_dir / <input stem>/``.
+        Also write windowed PNGs (3D: montages) to ``png_dir / <input stem>/``.
     nifti_dir : Path, optional
         Also write the magnitude series as ``nifti_dir / <input stem>.nii.gz``.
     """
@@ -226,31 +312,17 @@ class PipelineRecon:
     nifti_dir: Path | None = None
 
     def __call__(self, in_path: Path, out_path: Path) -> dict:
-        from mrprior.io.images import write_images
-        from mrprior.io.raw import read_header
-        from mrprior.pipeline import reconstruct_file
-
-        t0 = time.perf_counter()
         in_path = Path(in_path)
-        header = read_header(in_path)
-        images = reconstruct_file(in_path, self.config, progress=False)
-        write_images(images, out_path, header=header)
-        start = self.config.output.series_index_start
-        summary: dict[str, Any] = {
-            "method": self.config.method,
-            "groups": sum(1 for im in images if im.image_series_index == start),
-            "images": len(images),
-        }
-        if self.png_dir is not None or self.nifti_dir is not None:
-            from mrprior.io.export import export_nifti, export_png
-
-            if self.png_dir is not None:
-                pngs = export_png(images, Path(self.png_dir) / in_path.stem, prefix=in_path.stem)
-                summary["png"] = [str(p) for p in pngs]
-            if self.nifti_dir is not None:
-                nifti = Path(self.nifti_dir) / f"{in_path.stem}.nii.gz"
-                summary["nifti"] = str(export_nifti(images, nifti, series_index=start))
-        summary["recon_seconds"] = round(time.perf_counter() - t0, 3)
+        png = None if self.png_dir is None else Path(self.png_dir) / in_path.stem
+        nifti = None if self.nifti_dir is None else Path(self.nifti_dir) / f"{in_path.stem}.nii.gz"
+        summary = recon_one_file(
+            in_path, out_path, self.config, png_dir=png, nifti_path=nifti, progress=False
+        ).to_dict()
+        summary["recon_seconds"] = summary.pop("seconds")
+        if self.png_dir is None:
+            summary.pop("png")
+        if self.nifti_dir is None:
+            summary.pop("nifti")
         return summary
 
     @property

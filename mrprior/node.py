@@ -182,7 +182,7 @@ def process(
         Counters and per-group latencies; ``error`` is set when an ERROR was sent.
     """
     from mrprior import pipeline
-    from mrprior.io.raw import AcquisitionBuffer, parse_header
+    from mrprior.io.raw import parse_header
 
     stats = NodeStats(config_name=config_name)
     start = time.perf_counter()
@@ -212,7 +212,7 @@ def process(
 
     try:
         hdr = header if isinstance(header, ismrmrd.xsd.ismrmrdHeader) else parse_header(header)
-        buffer = AcquisitionBuffer(hdr)
+        buffer = pipeline.acquisition_buffer(hdr, cfg)
         logger.info("connection [%s]: receiving data", config_name)
         prefetch = _Prefetch(connection)
         for msg, t_received in prefetch:
@@ -229,6 +229,7 @@ def process(
                 warned.add(msg.id)
                 logger.warning("ignoring %s messages (only acquisitions are used)", msg.id.name)
         emit(buffer.flush(), time.perf_counter())
+        buffer.raise_errors()  # groups with bad data: reported after every good group
     except Exception as exc:  # one catch per connection: report, then close
         if prefetch is not None:
             prefetch.stop()

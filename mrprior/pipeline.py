@@ -4,13 +4,24 @@
 
     KSpace ──preprocess──▶ prewhitened, recon-matrix readout
            ──coil maps───▶ ESPIRiT (numpy or cupy, matching the device) when the method needs them
-           ──method──────▶ get_method(cfg.method)(ReconProblem, settings) -> ReconResult
-           ──crop────────▶ ImageSeries at the recon matrix size
+           ──planes──────▶ independent 2D problems, solved ``planes_per_batch`` at a time:
+                           get_method(cfg.method)(ReconProblem [B, C, H, W], settings)
+           ──crop────────▶ ImageSeries at the recon matrix size (a slice, or a volume)
            ──images──────▶ ismrmrd.Image list (magnitude + optional phase / uncertainty series)
 
 Preprocessing happens here and only here (:func:`preprocess`): noise prewhitening with the
 covariance of the group's noise scans (scaled by the dwell-time ratio of noise and imaging
 samples, so whitened imaging noise has unit variance) and readout-oversampling removal.
+
+**2D and 3D are one path** (:func:`plane_stack`). A 2D group ``[C, ky, kx]`` is one plane
+``(ky, kx)``. A 3D group ``[C, kz, ky, kx]`` (readout fully sampled, undersampled in ky–kz) is
+inverse-Fourier transformed along the readout, after which every readout position ``x`` is an
+independent 2D problem in ``(kz, ky)`` with coil maps ``S[:, :, :, x]`` from one 3D ESPIRiT call
+(what BART and the published method do). Planes are gathered, solved and scattered back
+``cfg.planes_per_batch`` at a time, so besides the group's k-space the memory holds one
+preprocessed copy of it (readout transformed in place), the coil maps and the image volume.
+Planes whose coil maps are zero everywhere (outside the ESPIRiT support: background) are not
+solved; their image is zero, which is what every SENSE-type method returns there.
 """
 
 from __future__ import annotations
@@ -43,16 +54,24 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CoilMapConfig",
+    "IncompleteReconstruction",
     "OutputConfig",
+    "PlaneGeometry",
+    "PlaneStack",
     "PriorConfig",
+    "ReadoutCrop",
     "ReconConfig",
+    "acquisition_buffer",
     "coil_maps",
     "default_config_path",
     "fit_matrix",
     "images_from_series",
     "load_recon_config",
     "method_settings",
+    "plane_geometry",
+    "plane_stack",
     "preprocess",
+    "readout_reducer",
     "reconstruct",
     "reconstruct_file",
     "reconstruct_stream",
@@ -142,6 +161,8 @@ class ReconConfig:
         sampled centre), and only when the header's calibration mode is not ``separate`` or
         ``external`` (a reference scan that may differ in contrast); see :func:`use_calib_as_data`.
     seed : seed for stochastic methods; see :func:`method_settings`.
+    planes_per_batch : how many 2D planes one method call solves (a 3D volume has one plane per
+        readout position); bounds the working memory of 3D reconstructions.
     coil_maps, prior, output : see the nested classes; ``prior`` reaches the methods that take
         one as ``settings["prior"]`` (:func:`method_settings`).
     """
@@ -153,6 +174,7 @@ class ReconConfig:
     remove_oversampling: bool = True
     calib_as_data: bool | Literal["auto"] = "auto"
     seed: int = 0
+    planes_per_batch: int = 16
     coil_maps: CoilMapConfig = field(default_factory=CoilMapConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -161,6 +183,8 @@ class ReconConfig:
         get_method(self.method)  # ConfigError listing the valid names
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.planes_per_batch < 1:
+            raise ConfigError(f"planes_per_batch must be >= 1, got {self.planes_per_batch}")
 
 
 def default_config_path() -> Path:
@@ -269,44 +293,115 @@ def _resample_mask(mask: Any, nx: int) -> Any:
     return mask[..., get_xp(mask).asarray(idx)]
 
 
+#: Partitions processed together when a 3D volume is preprocessed (bounds temporary memory).
+PREPROCESS_CHUNK = 8
+
+
+def _whitening(ks: KSpace) -> np.ndarray | None:
+    """Whitening matrix ``[C, C]`` from the group's noise scans (dwell-time scaled), or None."""
+    from mrprior.mr.noise import noise_covariance, whitening_matrix
+
+    try:
+        cov = np.asarray(noise_covariance(ks.noise))
+        if ks.noise_dwell_us and ks.dwell_us:
+            # noise variance scales with bandwidth = 1 / dwell time
+            cov = cov * (ks.noise_dwell_us / ks.dwell_us)
+        return np.asarray(whitening_matrix(cov)).astype(np.complex64)
+    except DataError as exc:  # e.g. an all-zero noise scan or a dead channel
+        warnings.warn(f"noise scan unusable, data not prewhitened: {exc}", stacklevel=3)
+        return None
+
+
 def preprocess(kspace: KSpace, cfg: ReconConfig) -> KSpace:
     """Prewhiten (when ``cfg.prewhiten`` and noise scans exist) and remove readout
     oversampling (when ``cfg.remove_oversampling``); each step runs at most once per KSpace.
 
-    Works with numpy or cupy data (whatever ``kspace`` holds).
+    Works with numpy or cupy data (whatever ``kspace`` holds). The result never shares its
+    data with ``kspace`` when a step ran. A 3D volume is processed
+    :data:`PREPROCESS_CHUNK` partitions at a time into one output array, so the temporary
+    memory is a few partitions, not a second and third copy of the volume.
     """
     ks = kspace
+    w = None
     if cfg.prewhiten and ks.noise is not None and not ks.prewhitened:
-        from mrprior.mr.noise import noise_covariance, prewhiten, whitening_matrix
-
-        try:
-            cov = np.asarray(noise_covariance(ks.noise))
-            if ks.noise_dwell_us and ks.dwell_us:
-                # noise variance scales with bandwidth = 1 / dwell time
-                cov = cov * (ks.noise_dwell_us / ks.dwell_us)
-            w = np.asarray(whitening_matrix(cov)).astype(np.complex64)
-        except DataError as exc:  # e.g. an all-zero noise scan or a dead channel
-            warnings.warn(f"noise scan unusable, data not prewhitened: {exc}", stacklevel=2)
-        else:
-            data = prewhiten(ks.data, ks.xp.asarray(w))
-            ks = ks.replace(data=data.astype(np.complex64, copy=False), prewhitened=True)
+        w = _whitening(ks)
     nx_recon = ks.encoding.recon_matrix[0]
-    if cfg.remove_oversampling and not ks.oversampling_removed and ks.data.shape[-1] != nx_recon:
-        from mrprior.mr.oversampling import remove_readout_oversampling
+    crop = cfg.remove_oversampling and not ks.oversampling_removed and ks.data.shape[-1] != nx_recon
+    if crop and ks.data.shape[-1] < nx_recon:
+        raise DataError(
+            f"readout has {ks.data.shape[-1]} samples, fewer than the recon matrix "
+            f"x = {nx_recon}: cannot remove oversampling"
+        )
+    if w is None and not crop:
+        return ks
+    from mrprior.mr.noise import prewhiten
+    from mrprior.mr.oversampling import remove_readout_oversampling
 
-        if ks.data.shape[-1] < nx_recon:
-            raise DataError(
-                f"readout has {ks.data.shape[-1]} samples, fewer than the recon matrix "
-                f"x = {nx_recon}: cannot remove oversampling"
-            )
-        data = remove_readout_oversampling(ks.data, nx_recon)
-        ks = ks.replace(
-            data=data.astype(np.complex64, copy=False),
+    xp = ks.xp
+    w_xp = None if w is None else xp.asarray(w)
+
+    def run(chunk: Any) -> Any:
+        if w_xp is not None:
+            chunk = prewhiten(chunk, w_xp)
+        if crop:
+            chunk = remove_readout_oversampling(chunk, nx_recon)
+        return chunk.astype(np.complex64, copy=False)
+
+    if ks.is_3d:
+        c, nz, ny, _ = ks.data.shape
+        out = xp.empty((c, nz, ny, nx_recon if crop else ks.data.shape[-1]), np.complex64)
+        for z0 in range(0, nz, PREPROCESS_CHUNK):
+            out[:, z0 : z0 + PREPROCESS_CHUNK] = run(ks.data[:, z0 : z0 + PREPROCESS_CHUNK])
+    else:
+        out = run(ks.data)
+    changes: dict[str, Any] = {"data": out}
+    if w is not None:
+        changes["prewhitened"] = True
+    if crop:
+        changes.update(
             mask=_resample_mask(ks.mask, nx_recon),
             calib=_resample_mask(ks.calib, nx_recon),
             oversampling_removed=True,
         )
-    return ks
+    return ks.replace(**changes)
+
+
+@dataclass(frozen=True)
+class ReadoutCrop:
+    """Readout-oversampling removal of one line at a time (a
+    :class:`~mrprior.io.raw.ReadoutReducer`): the same
+    :func:`~mrprior.mr.oversampling.remove_readout_oversampling` and mask resampling that
+    :func:`preprocess` applies to a whole group."""
+
+    size: int
+
+    def __call__(self, line: np.ndarray) -> np.ndarray:
+        from mrprior.mr.oversampling import remove_readout_oversampling
+
+        return remove_readout_oversampling(line, self.size)
+
+    def mask(self, covered: np.ndarray) -> np.ndarray:
+        return _resample_mask(covered, self.size)
+
+
+def readout_reducer(header: Any, cfg: ReconConfig) -> ReadoutCrop | None:
+    """The per-line readout reduction the pipeline's buffers apply (None when the config keeps
+    the oversampling or the header has none)."""
+    from mrprior.io.containers import EncodingInfo
+    from mrprior.io.raw import parse_header
+
+    enc = EncodingInfo.from_header(parse_header(header))
+    nx_enc, nx = enc.encoded_matrix[0], enc.recon_matrix[0]
+    if not cfg.remove_oversampling or nx_enc <= nx:
+        return None
+    return ReadoutCrop(nx)
+
+
+def acquisition_buffer(header: Any, cfg: ReconConfig) -> AcquisitionBuffer:
+    """The :class:`~mrprior.io.raw.AcquisitionBuffer` every pipeline entry point (files,
+    streams, the node) fills: it removes the readout oversampling line by line when ``cfg``
+    asks for it, so a buffered 3D volume takes its recon-size memory, not twice that."""
+    return AcquisitionBuffer(header, readout=readout_reducer(header, cfg))
 
 
 def use_calib_as_data(cfg: ReconConfig, kspace: KSpace) -> bool:
@@ -358,75 +453,230 @@ def fit_matrix(x: torch.Tensor, ny: int, nx: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # reconstruction
 # --------------------------------------------------------------------------------------------
-def coil_maps(kspace: KSpace, cfg: ReconConfig, device: torch.device) -> torch.Tensor:
-    """ESPIRiT coil maps ``[C, ky, kx]`` on ``device`` from every acquired line of ``kspace``
-    (imaging and calibration), computed with numpy or cupy to match the device."""
+def coil_maps(kspace: KSpace, cfg: ReconConfig, device: torch.device) -> Any:
+    """ESPIRiT coil maps from every acquired line of ``kspace`` (imaging and calibration), in
+    one call, computed with numpy or cupy to match the device.
+
+    Returns ``[C, ky, kx]`` for a 2D group and ``[C, z, y, x]`` for a 3D volume (from the 3D
+    calibration region), on the array module of ``device`` (numpy or cupy, not torch: the
+    planes take their slices of the maps batch by batch).
+
+    Raises
+    ------
+    DataError
+        No calibration region, or maps that are zero everywhere (nothing to reconstruct).
+    """
     from mrprior.mr.espirit import espirit_maps
 
     ks = kspace.to(device)
     xp = ks.xp
     sampled = xp.logical_or(ks.mask, ks.calib)
     c = cfg.coil_maps
+    # the buffer leaves unacquired positions zero: no masked copy of a 3D volume is needed
+    data = ks.data if ks.is_3d else ks.data * sampled[None]
     maps = espirit_maps(
-        ks.data * sampled[None],
+        data,
         calib=c.calib_size,
         kernel=c.kernel_size,
         threshold=c.threshold,
         crop=c.crop,
         mask=sampled,
     )
-    return to_torch(maps, device)
+    if not bool(xp.any(maps)):
+        raise DataError(
+            "ESPIRiT coil maps are zero everywhere (no eigenvalue above coil_maps.crop = "
+            f"{c.crop}): the calibration region is too small for kernel_size = {c.kernel_size}, "
+            "or crop is too high"
+        )
+    return maps
+
+
+@dataclass
+class PlaneStack:
+    """A group's k-space as a stack of independent 2D problems (see the module docstring).
+
+    Attributes
+    ----------
+    hybrid : complex64, numpy or cupy. 2D: ``[C, ky, kx]`` (one plane). 3D: ``[C, kz, ky, x]``,
+        k-space in ``(kz, ky)`` and image space along the readout.
+    maps : coil maps shaped like ``hybrid`` (image space on all axes), or None.
+    mask, calib : bool ``[H, W]`` shared by every plane (``(ky, kx)`` or ``(kz, ky)``).
+    """
+
+    hybrid: Any
+    maps: Any
+    mask: Any
+    calib: Any
+
+    @property
+    def is_volume(self) -> bool:
+        return self.hybrid.ndim == 4
+
+    @property
+    def count(self) -> int:
+        """Number of planes (1 for a 2D group, the readout length for a volume)."""
+        return int(self.hybrid.shape[-1]) if self.is_volume else 1
+
+    def planes(self, start: int, stop: int, device: torch.device) -> tuple[Any, Any]:
+        """k-space ``[B, C, H, W]`` and coil maps ``[B, C, H, W]`` (or None) of planes
+        ``start:stop`` as torch tensors on ``device`` (gathered copies)."""
+
+        def take(a: Any) -> torch.Tensor | None:
+            if a is None:
+                return None
+            if not self.is_volume:
+                return to_torch(a, device)[None]
+            return to_torch(a[..., start:stop], device).permute(3, 0, 1, 2).contiguous()
+
+        return take(self.hybrid), take(self.maps)
+
+    def active(self, start: int, stop: int) -> np.ndarray:
+        """bool ``[B]``: planes with non-zero coil maps (all True without maps)."""
+        if self.maps is None:
+            return np.ones(stop - start, bool)
+        if not self.is_volume:
+            return np.array([bool(get_xp(self.maps).any(self.maps))])
+        sub = self.maps[..., start:stop]
+        return to_numpy(get_xp(sub).any(sub != 0, axis=(0, 1, 2)))
+
+
+def plane_stack(ks: KSpace, maps: Any, use_calib: bool, copy: bool = False) -> PlaneStack:
+    """The independent 2D problems of a preprocessed group.
+
+    2D: the group itself, unsampled positions zeroed. 3D: the inverse centred FFT along the
+    readout is applied in place, :data:`PREPROCESS_CHUNK` partitions at a time, to ``ks.data``
+    (pass ``copy=True`` when ``ks`` shares its data with someone: :func:`preprocess` copies
+    whenever it runs). The plane mask is the readout centre's sampling, which is the sampling
+    of every readout position when the readout is fully sampled (a partial echo is zero-filled
+    along the readout and only blurs x).
+
+    Parameters
+    ----------
+    ks : preprocessed group.
+    maps : its coil maps (from :func:`coil_maps`) or None.
+    use_calib : calibration-only lines join the measured data (:func:`use_calib_as_data`).
+    copy : transform a copy of a 3D volume instead of ``ks.data`` itself.
+    """
+    sampled = ks.mask | ks.calib if use_calib else ks.mask
+    if not ks.is_3d:
+        return PlaneStack(ks.data * sampled[None], maps, sampled, ks.calib)
+    xp = ks.xp
+    centre = ks.data.shape[-1] // 2
+    mask2 = sampled[:, :, centre]
+    calib2 = ks.calib[:, :, centre]
+    data = ks.data.copy() if copy else ks.data
+    for z0 in range(0, data.shape[1], PREPROCESS_CHUNK):
+        chunk = data[:, z0 : z0 + PREPROCESS_CHUNK]
+        chunk *= mask2[None, z0 : z0 + PREPROCESS_CHUNK, :, None]
+        data[:, z0 : z0 + PREPROCESS_CHUNK] = ifftc(chunk, ndim=1)
+    return PlaneStack(data, maps, xp.asarray(mask2), xp.asarray(calib2))
+
+
+def _fit_volume(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Bring the trailing axes of ``x`` to ``shape`` (``(ny, nx)`` or ``(nz, ny, nx)``)."""
+    if len(shape) == 3:
+        x = _fit_axis(x, shape[0], -3)
+    return fit_matrix(x, shape[-2], shape[-1])
 
 
 def reconstruct(kspace: KSpace, cfg: ReconConfig) -> ImageSeries:
     """Reconstruct one k-space group into an :class:`ImageSeries` at the recon matrix size.
 
-    Steps: :func:`preprocess` → torch on ``cfg.device`` → ESPIRiT coil maps when the method
-    needs them → the registered method → crop / interpolate to the recon matrix.
+    Steps: :func:`preprocess` → ESPIRiT coil maps when the method needs them (one call, 2D or
+    3D) → :func:`plane_stack` → the registered method on ``cfg.planes_per_batch`` planes at a
+    time → crop / interpolate to the recon matrix. A 2D group gives an image ``[ny, nx]``, a 3D
+    group a volume ``[nz, ny, nx]`` (recon matrix z, y, x).
 
     Raises
     ------
     DataError
-        3D k-space (not supported yet), or errors of the steps (e.g. no calibration region).
+        Errors of the steps (e.g. no calibration region).
     ConfigError
         Unknown method or invalid settings.
     """
     t0 = time.perf_counter()
-    if kspace.is_3d:
-        raise DataError(
-            f"3D k-space {tuple(kspace.data.shape)} is not supported: the methods are 2D"
-        )
     device = resolve_device(cfg.device)
     method = get_method(cfg.method)
     ks = preprocess(kspace.to(device), cfg)
     t_pre = time.perf_counter()
-    csm = coil_maps(ks, cfg, device) if method_needs_csm(cfg.method) else None
+    maps = coil_maps(ks, cfg, device) if method_needs_csm(cfg.method) else None
     t_csm = time.perf_counter()
-    data, mask, calib = ks.to_torch(device)
-    used = mask | calib if use_calib_as_data(cfg, ks) else mask
-    problem = ReconProblem(
-        kspace=(data * used[None]).to(torch.complex64),
-        mask=used,
-        csm=csm,
-        noise_std=_noise_std(ks),
-        calib=calib,
-    )
-    result = method(problem, method_settings(cfg))
+    noise_std, prewhitened = _noise_std(ks), ks.prewhitened
+    stack = plane_stack(ks, maps, use_calib_as_data(cfg, ks), copy=ks.data is kspace.data)
+    del ks  # the stack owns the (transformed) data now
+    settings = method_settings(cfg)
+    mask = to_torch(stack.mask, device)
+    calib = to_torch(stack.calib, device)
+    n, h, w = stack.count, int(mask.shape[0]), int(mask.shape[1])
+    image = torch.zeros((n, h, w), dtype=torch.complex64)
+    extras: dict[str, torch.Tensor] = {}
+    plane_extras: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    solved = 0
+    for start in range(0, n, cfg.planes_per_batch):
+        stop = min(start + cfg.planes_per_batch, n)
+        active = np.flatnonzero(stack.active(start, stop))
+        if active.size == 0:
+            continue
+        kdata, kmaps = stack.planes(start, stop, device)
+        if active.size < stop - start:
+            sel = torch.as_tensor(active, device=device)
+            kdata = kdata[sel]
+            kmaps = None if kmaps is None else kmaps[sel]
+        if stack.is_volume:
+            problem = ReconProblem(kdata, mask, kmaps, noise_std, calib)
+        else:  # one plane: the unbatched form every method has always taken
+            problem = ReconProblem(
+                kdata[0], mask, None if kmaps is None else kmaps[0], noise_std, calib
+            )
+        result = method(problem, settings)
+        batched = result.image.ndim == 3
+        rows = torch.as_tensor(active + start)
+        plane_images = result.image if batched else result.image[None]
+        image[rows] = plane_images.detach().to("cpu", torch.complex64)
+        for name, value in result.extras.items():
+            if isinstance(value, torch.Tensor) and not batched:
+                value = value[None]
+            if not (isinstance(value, torch.Tensor) and tuple(value.shape[1:]) == (h, w)):
+                if not stack.is_volume:  # e.g. NLINV's coil maps [C, ny, nx] of a 2D slice
+                    plane_extras[name] = value[0] if isinstance(value, torch.Tensor) else value
+                else:
+                    logger.debug("extra %r of shape %s not kept for a volume", name, value.shape)
+                continue
+            if name not in extras:
+                dtype = torch.complex64 if value.is_complex() else torch.float32
+                extras[name] = torch.zeros((n, h, w), dtype=dtype)
+            extras[name][rows] = value.detach().to("cpu", extras[name].dtype)
+        if not stack.is_volume:
+            info = dict(result.info)
+        elif not info:  # a volume: the first batch's scalars (per-plane lists left out)
+            info = {k: v for k, v in result.info.items() if not isinstance(v, list | tuple)}
+        solved += int(active.size)
     t_rec = time.perf_counter()
-    ny, nx = ks.encoding.recon_matrix[1], ks.encoding.recon_matrix[0]
-    image = to_numpy(fit_matrix(result.image, ny, nx)).astype(np.complex64)
-    extras: dict[str, np.ndarray] = {}
-    for name, value in result.extras.items():
+    nx, ny, nz = kspace.encoding.recon_matrix
+    shape = (nz, ny, nx) if stack.is_volume else (ny, nx)
+
+    def assemble(x: torch.Tensor) -> np.ndarray:
+        # planes [x, kz-image, ky-image] -> volume [z, y, x]; a 2D group is plane 0
+        vol = x.permute(1, 2, 0) if stack.is_volume else x[0]
+        out = to_numpy(_fit_volume(vol, shape))
+        return out.astype(np.complex64 if np.iscomplexobj(out) else np.float32)
+
+    out_extras = {name: assemble(v) for name, v in extras.items()}
+    for name, value in plane_extras.items():
         if isinstance(value, torch.Tensor) and value.ndim >= 2:
             value = fit_matrix(value, ny, nx)
         arr = to_numpy(value)
-        extras[name] = arr.astype(np.complex64 if np.iscomplexobj(arr) else np.float32)
-    if "csm" not in extras and csm is not None:
-        extras["csm"] = to_numpy(fit_matrix(csm, ny, nx)).astype(np.complex64)
+        out_extras[name] = arr.astype(np.complex64 if np.iscomplexobj(arr) else np.float32)
+    if "csm" not in out_extras and maps is not None and not stack.is_volume:
+        out_extras["csm"] = to_numpy(fit_matrix(to_torch(maps, "cpu"), ny, nx)).astype(np.complex64)
     info = {
-        **result.info,
+        **info,
+        "planes": n,
+        "planes_solved": solved,
+        "planes_per_batch": cfg.planes_per_batch,
         "acceleration": float(kspace.acceleration),
-        "prewhitened": ks.prewhitened,
+        "prewhitened": prewhitened,
         "device": str(device),
         "seconds_preprocess": t_pre - t0,
         "seconds_coil_maps": t_csm - t_pre,
@@ -434,11 +684,11 @@ def reconstruct(kspace: KSpace, cfg: ReconConfig) -> ImageSeries:
         "seconds_total": time.perf_counter() - t0,
     }
     return ImageSeries(
-        image=image,
-        encoding=ks.encoding,
-        reference=ks.copy_reference(),
-        indices=ks.indices,
-        extras=extras,
+        image=assemble(image),
+        encoding=kspace.encoding,
+        reference=kspace.copy_reference(),
+        indices=kspace.indices,
+        extras=out_extras,
         method=cfg.method,
         info=info,
     )
@@ -455,26 +705,89 @@ def _window(values: np.ndarray) -> tuple[float, float]:
     return float((hi + lo) / 2), float(hi - lo)
 
 
+@dataclass(frozen=True)
+class PlaneGeometry:
+    """Where one 2D image of a series sits: ISMRMRD ``position`` (LPS, mm, centre of pixel
+    ``(nx // 2, ny // 2)``), ``slice`` counter, ``image_index`` and slice thickness (mm)."""
+
+    position: tuple[float, float, float]
+    slice: int
+    image_index: int
+    thickness: float
+
+
+def plane_geometry(series: ImageSeries, image_index: int | None = None) -> list[PlaneGeometry]:
+    """Geometry of the 2D images of a series: one for a slice, ``nz`` for a volume.
+
+    Conventions for a 3D volume ``[nz, ny, nx]`` (documented for scanners and viewers):
+
+    - The reference acquisition's ``position`` is the centre of the encoded slab; partition
+      image ``k`` (0-based, the volume's first axis) is centred at
+      ``position + (k - nz // 2) · Δz · slice_dir``: ``k`` increases along ``slice_dir``, as
+      rows increase along ``phase_dir`` and columns along ``read_dir``. The recon matrix z is
+      centred in the encoded one (slab oversampling is cropped symmetrically).
+    - ``Δz`` = encoded FOV z / encoded matrix z (:attr:`EncodingInfo.partition_thickness`);
+      it is each image's slice thickness (``field_of_view[2]``) and the spacing between images.
+    - ``slice`` = ``indices.slice · nz + k`` (slab-major, then partition), and ``image_index`` =
+      ``(n - 1) · nz + k + 1`` with ``n`` the group's :meth:`EncodingInfo.image_number` (or
+      ``image_index``): unique and ordered by repetition/contrast/... then slab then partition.
+
+    A 2D slice keeps the acquisition's position and slice counter, its slice thickness is the
+    recon FOV z, and ``image_index`` is ``n``.
+    """
+    enc = series.encoding
+    base = enc.image_number(series.indices) if image_index is None else image_index
+    ref = series.reference
+    position = np.asarray(ref.position, dtype=np.float64)
+    if not series.is_volume:
+        return [
+            PlaneGeometry(
+                tuple(float(v) for v in position),
+                int(series.indices.slice),
+                base,
+                float(enc.recon_fov[2]),
+            )
+        ]
+    nz = int(series.image.shape[0])
+    dz = float(enc.partition_thickness)
+    direction = np.asarray(ref.slice_dir, dtype=np.float64)
+    out = []
+    for k in range(nz):
+        pos = position + (k - nz // 2) * dz * direction
+        out.append(
+            PlaneGeometry(
+                tuple(float(v) for v in pos),
+                int(series.indices.slice) * nz + k,
+                (base - 1) * nz + k + 1,
+                dz,
+            )
+        )
+    return out
+
+
 def _make_image(
     array: np.ndarray,
     series: ImageSeries,
+    geometry: PlaneGeometry,
     image_type: int,
     series_index: int,
-    image_index: int,
     role: str,
     history: list[str],
-    window: tuple[float, float] | None = None,
+    window: tuple[float, float],
 ) -> ismrmrd.Image:
+    fov = series.field_of_view
     img = ismrmrd.Image.from_array(
         np.ascontiguousarray(array),
         acquisition=series.reference,
         transpose=False,
         image_type=image_type,
-        image_index=image_index,
+        image_index=geometry.image_index,
         image_series_index=series_index,
-        field_of_view=tuple(float(v) for v in series.field_of_view),
+        field_of_view=(float(fov[0]), float(fov[1]), geometry.thickness),
     )
-    center, width = window or _window(np.asarray(array, dtype=np.float64))
+    img.position[:] = geometry.position
+    img.slice = geometry.slice
+    center, width = window
     meta = ismrmrd.Meta()
     meta["DataRole"] = role
     meta["WindowCenter"] = f"{center:.7g}"
@@ -482,8 +795,23 @@ def _make_image(
     meta["ImageProcessingHistory"] = history
     meta["ImageComment"] = f"{role} {series.method}"
     meta["SequenceDescriptionAdditional"] = series.method
+    if series.is_volume:
+        meta["Keep_image_geometry"] = 1
     img.meta = meta
     return img
+
+
+def _series_window(values: np.ndarray) -> tuple[float, float]:
+    """One window for a whole series (every image of a volume is displayed alike)."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    if flat.size > 1 << 20:  # percentiles of a strided subsample are as good and much faster
+        flat = flat[:: flat.size // (1 << 20)]
+    return _window(flat)
+
+
+def _to_uint16(values: np.ndarray, peak: float, top: int) -> np.ndarray:
+    scale = top / peak if peak > 0 else 0.0
+    return np.clip(np.round(values * scale), 0, top).astype(np.uint16)
 
 
 def images_from_series(
@@ -494,54 +822,48 @@ def images_from_series(
 ) -> list[ismrmrd.Image]:
     """ISMRMRD images of one :class:`ImageSeries`: magnitude, then ``cfg.output.extra_series``.
 
+    A 2D slice gives one image per series; a 3D volume ``[nz, ny, nx]`` gives ``nz`` 2D images
+    per series, one per partition, in partition order, with the geometry of
+    :func:`plane_geometry` (position per image, slice counter, image index, slice thickness),
+    which is what Gadgetron, FIRE clients and scanners expect of a 3D series sent as slices.
+
     Series numbering: magnitude ``series_index_start`` (default ``cfg.output.series_index_start``),
     extra series ``k`` of ``EXTRA_SERIES`` (phase, uncertainty) at ``start + 1 + k`` regardless of
-    which are enabled. ``image_index`` defaults to
+    which are enabled. ``image_index`` (the group's number) defaults to
     :meth:`EncodingInfo.image_number` of the series' indices (unique per slice/repetition/...).
-    Geometry (position, read/phase/slice directions, table position, time stamps, indices) is
-    copied from the reference acquisition; ``field_of_view`` is the recon space FOV; meta
-    attributes: DataRole, WindowCenter, WindowWidth, ImageProcessingHistory, ImageComment.
+    Directions, table position, time stamps and counters are copied from the reference
+    acquisition; ``field_of_view`` is the recon space FOV in x and y and the slice thickness in
+    z; meta attributes: DataRole, WindowCenter, WindowWidth (one window per series, over the
+    whole volume), ImageProcessingHistory, ImageComment, SequenceDescriptionAdditional, and
+    ``Keep_image_geometry`` for volumes.
 
-    Magnitude images are float32, or uint16 scaled so the maximum is ``uint16_max``. Phase is
-    float32 radians in [-π, π], or uint16 mapping [-π, π] to [0, uint16_max].
+    Magnitude images are float32, or uint16 scaled so the maximum of the slice or volume is
+    ``uint16_max``. Phase is float32 radians in [-π, π], or uint16 mapping [-π, π] to
+    [0, uint16_max]. Uncertainty uses the magnitude's scale.
     """
     out_cfg = cfg.output
     start = out_cfg.series_index_start if series_index_start is None else series_index_start
-    index = series.encoding.image_number(series.indices) if image_index is None else image_index
+    geometry = plane_geometry(series, image_index)
     history = ["MRPRIOR", series.method.upper()]
-    images = []
     mag = np.abs(series.image).astype(np.float32)
-    if out_cfg.dtype == "uint16":
-        peak = float(mag.max())
-        scale = out_cfg.uint16_max / peak if peak > 0 else 0.0
-        mag_out: np.ndarray = np.clip(np.round(mag * scale), 0, out_cfg.uint16_max).astype(
-            np.uint16
-        )
-    else:
-        mag_out = mag
-    images.append(
-        _make_image(mag_out, series, ismrmrd.IMTYPE_MAGNITUDE, start, index, "Image", history)
+    peak = float(mag.max()) if mag.size else 0.0
+    uint16 = out_cfg.dtype == "uint16"
+    top = out_cfg.uint16_max
+    # (values [nz?, ny, nx], image type, series index, role, history, window)
+    planned: list[tuple[np.ndarray, int, int, str, list[str], tuple[float, float]]] = []
+    mag_out = _to_uint16(mag, peak, top) if uint16 else mag
+    planned.append(
+        (mag_out, ismrmrd.IMTYPE_MAGNITUDE, start, "Image", history, _series_window(mag_out))
     )
     for name in out_cfg.extra_series:
         sidx = start + 1 + EXTRA_SERIES.index(name)
         if name == "phase":
             ph = np.angle(series.image).astype(np.float32)
             window = (0.0, 2 * np.pi)
-            if out_cfg.dtype == "uint16":
-                ph = np.round((ph + np.pi) / (2 * np.pi) * out_cfg.uint16_max).astype(np.uint16)
-                window = (out_cfg.uint16_max / 2, float(out_cfg.uint16_max))
-            images.append(
-                _make_image(
-                    ph,
-                    series,
-                    ismrmrd.IMTYPE_PHASE,
-                    sidx,
-                    index,
-                    "Phase",
-                    [*history, "PHASE"],
-                    window,
-                )
-            )
+            if uint16:
+                ph = np.round((ph + np.pi) / (2 * np.pi) * top).astype(np.uint16)
+                window = (top / 2, float(top))
+            planned.append((ph, ismrmrd.IMTYPE_PHASE, sidx, "Phase", [*history, "PHASE"], window))
         elif name == "uncertainty":
             unc = series.extras.get("uncertainty")
             if unc is None:
@@ -553,65 +875,93 @@ def images_from_series(
             unc = np.abs(np.asarray(unc)).astype(np.float32)
             if unc.shape != mag.shape:
                 raise DataError(f"uncertainty map {unc.shape} does not match image {mag.shape}")
-            if out_cfg.dtype == "uint16":
-                peak = float(mag.max())
-                scale = out_cfg.uint16_max / peak if peak > 0 else 0.0
-                unc = np.clip(np.round(unc * scale), 0, out_cfg.uint16_max).astype(np.uint16)
-            images.append(
-                _make_image(
+            if uint16:
+                unc = _to_uint16(unc, peak, top)
+            planned.append(
+                (
                     unc,
-                    series,
                     ismrmrd.IMTYPE_MAGNITUDE,
                     sidx,
-                    index,
                     "Uncertainty",
                     [*history, "UNCERTAINTY"],
+                    _series_window(unc),
                 )
             )
+    images = []
+    for values, image_type, sidx, role, hist, window in planned:
+        planes = values if series.is_volume else values[None]
+        for plane, geo in zip(planes, geometry, strict=True):
+            images.append(_make_image(plane, series, geo, image_type, sidx, role, hist, window))
     return images
 
 
 # --------------------------------------------------------------------------------------------
 # files and streams
 # --------------------------------------------------------------------------------------------
+class IncompleteReconstruction(DataError):
+    """Some groups of a file could not be reconstructed (bad data); ``images`` holds those of
+    every other group, so a caller can still keep them (nothing is lost)."""
+
+    def __init__(self, message: str, images: list[ismrmrd.Image]) -> None:
+        super().__init__(message)
+        self.images = images
+
+
 def reconstruct_stream(
     header: Any, acquisitions: Iterable[ismrmrd.Acquisition], cfg: ReconConfig
 ) -> Iterator[list[ismrmrd.Image]]:
     """Reconstruct a stream of acquisitions: yields the images of each group as it completes
-    (on ``LAST_IN_SLICE``) and of the groups left at the end of the stream."""
-    buffer = AcquisitionBuffer(header)
+    (see :class:`~mrprior.io.raw.AcquisitionBuffer`) and of the groups left at the end of the
+    stream; then raises :class:`DataError` if groups had bad data."""
+    buffer = acquisition_buffer(header, cfg)
     for acq in acquisitions:
         for ks in buffer.add(acq):
             yield images_from_series(reconstruct(ks, cfg), cfg)
     for ks in buffer.flush():
         yield images_from_series(reconstruct(ks, cfg), cfg)
+    buffer.raise_errors()
 
 
 def reconstruct_file(
     path: str | Path, cfg: ReconConfig, progress: bool = True, dataset: str = "dataset"
 ) -> list[ismrmrd.Image]:
-    """Reconstruct every group (slice, repetition, ...) of a raw ISMRMRD file.
+    """Reconstruct every group (slice, repetition, 3D volume, ...) of a raw ISMRMRD file.
 
-    A tqdm progress bar over the groups is shown when ``progress`` is true.
+    Groups are reconstructed as the file is read (one group's k-space in memory at a time). A
+    tqdm progress bar over the groups is shown when ``progress`` is true.
 
     Raises
     ------
     DataError
         The file is not ISMRMRD raw data, is truncated, has no acquisitions, non-Cartesian
-        data, NaNs, ... (the message names the file and the problem).
+        data, ... (the message names the file and the problem).
+    IncompleteReconstruction
+        Some groups had bad data (NaN, lines or partitions outside the encoding, missing
+        partitions, ...): the message names them; ``.images`` holds every other group's images.
     """
     from tqdm.auto import tqdm
 
     header = read_header(path, dataset)
-    groups = list(iter_kspace(path, dataset, header=header))
     images: list[ismrmrd.Image] = []
-    bar = tqdm(groups, desc=Path(path).name, unit="slice", disable=not progress, leave=False)
-    for ks in bar:
-        try:
-            series = reconstruct(ks, cfg)
-        except MRPriorError as exc:
-            where = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(ks.indices).items() if v)
-            raise type(exc)(f"{path}: group ({where or 'slice 0'}): {exc}") from exc
-        images.extend(images_from_series(series, cfg))
-    bar.close()
+    bar = tqdm(desc=Path(path).name, unit="group", disable=not progress, leave=False)
+    groups = iter_kspace(path, dataset, header=header, readout=readout_reducer(header, cfg))
+    try:
+        while True:
+            try:
+                ks = next(groups)
+            except StopIteration:
+                break
+            except DataError as exc:  # raised by the reader after every good group
+                if images:
+                    raise IncompleteReconstruction(str(exc), images) from None
+                raise
+            try:
+                series = reconstruct(ks, cfg)
+            except MRPriorError as exc:
+                raise type(exc)(f"{path}: group ({ks.indices.label()}): {exc}") from exc
+            del ks
+            images.extend(images_from_series(series, cfg))
+            bar.update()
+    finally:
+        bar.close()
     return images

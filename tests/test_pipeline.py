@@ -296,18 +296,6 @@ def test_stream_equals_file(raw_r2):
         np.testing.assert_array_equal(a.data, b.data)
 
 
-def test_3d_kspace_rejected():
-    ks = KSpace(
-        data=np.zeros((2, 4, 8, 8), np.complex64),
-        mask=np.ones((4, 8, 8), bool),
-        calib=np.ones((4, 8, 8), bool),
-        encoding=_encoding(8, 8),
-        reference=ismrmrd.AcquisitionHeader(),
-    )
-    with pytest.raises(DataError, match="3D k-space"):
-        reconstruct(ks, _cpu())
-
-
 @pytest.mark.ismrmrd_tools
 def test_no_calibration_region_names_file_and_group(shepp_logan):  # noqa: F811
     raw = shepp_logan(matrix=32, coils=4, acceleration=2, calibration_width=0)

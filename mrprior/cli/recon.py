@@ -9,83 +9,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrprior.batch import ReconSummary, recon_one_file
 from mrprior.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["OUTPUT_SUFFIX", "ReconSummary", "parse_set", "recon_one_file", "register"]
+
 OUTPUT_SUFFIX = "_recon.h5"
-
-
-@dataclass
-class ReconSummary:
-    """What :func:`recon_one_file` did."""
-
-    input: Path
-    output: Path
-    method: str
-    groups: int
-    images: int
-    seconds: float
-    png: list[Path] = field(default_factory=list)
-    nifti: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "input": str(self.input),
-            "output": str(self.output),
-            "method": self.method,
-            "groups": self.groups,
-            "images": self.images,
-            "seconds": round(self.seconds, 3),
-            "png": [str(p) for p in self.png],
-            "nifti": str(self.nifti) if self.nifti else None,
-        }
-
-
-def recon_one_file(
-    in_path: str | Path,
-    out_path: str | Path,
-    cfg: Any,
-    png_dir: str | Path | None = None,
-    nifti_path: str | Path | None = None,
-    progress: bool = True,
-) -> ReconSummary:
-    """Reconstruct one raw file with ``cfg`` (a ``ReconConfig``) and write its images.
-
-    The raw header is stored in the output file too. PNGs of every image go to ``png_dir`` when
-    given, a NIfTI volume of the magnitude series to ``nifti_path``.
-    """
-    from mrprior.io.export import export_nifti, export_png
-    from mrprior.io.images import write_images
-    from mrprior.io.raw import read_header
-    from mrprior.pipeline import reconstruct_file
-
-    t0 = time.perf_counter()
-    in_path, out_path = Path(in_path), Path(out_path)
-    header = read_header(in_path)
-    images = reconstruct_file(in_path, cfg, progress=progress)
-    write_images(images, out_path, header=header)
-    start = cfg.output.series_index_start
-    groups = sum(1 for im in images if im.image_series_index == start)
-    summary = ReconSummary(
-        input=in_path,
-        output=out_path,
-        method=cfg.method,
-        groups=groups,
-        images=len(images),
-        seconds=time.perf_counter() - t0,
-    )
-    if png_dir is not None:
-        summary.png = export_png(images, png_dir, prefix=in_path.stem)
-    if nifti_path is not None:
-        summary.nifti = export_nifti(images, nifti_path, series_index=start)
-    summary.seconds = time.perf_counter() - t0
-    return summary
 
 
 def parse_set(items: list[str] | None) -> dict[str, Any]:
@@ -134,7 +68,8 @@ def _run(args: argparse.Namespace) -> int:
     summary = recon_one_file(src, dst, cfg, png_dir=args.png, nifti_path=nifti, progress=progress)
     if not args.quiet:
         print(
-            f"{src} -> {dst}: {summary.groups} slice(s), {summary.images} image(s), "
+            f"{src} -> {dst}: {summary.groups} {'volume' if summary.is_3d else 'slice'}(s), "
+            f"{summary.images} image(s), "
             f"method {summary.method}, {summary.seconds:.2f} s"
         )
     return 0
@@ -187,7 +122,11 @@ def register(subparsers: Any) -> None:
         help="reconstruction method: zerofill, sense, l1 or any registered method "
         "(default from the config: sense)",
     )
-    p.add_argument("--png", metavar="DIR", help="also write windowed PNGs to DIR")
+    p.add_argument(
+        "--png",
+        metavar="DIR",
+        help="also write windowed PNGs to DIR (2D: one per image; 3D: one montage per volume)",
+    )
     p.add_argument("--nifti", metavar="PATH", help="also write the magnitude series as NIfTI")
     p.add_argument("--config", metavar="YAML", help="recon config overriding the defaults")
     p.add_argument(

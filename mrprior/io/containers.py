@@ -5,7 +5,8 @@ Shapes (see /work/shared/DESIGN.md):
 - :class:`KSpace` ``data``: complex64 ``[C, ky, kx]`` for a 2D slice, ``[C, kz, ky, kx]`` for a
   3D volume; readout (kx) last. Unsampled positions are zero.
 - ``mask`` / ``calib``: bool with the spatial shape of ``data`` (``[ky, kx]`` or ``[kz, ky, kx]``).
-- :class:`ImageSeries` ``image``: complex64 ``[ny, nx]`` at the recon matrix size.
+- :class:`ImageSeries` ``image``: complex64 ``[ny, nx]`` at the recon matrix size, or
+  ``[nz, ny, nx]`` for a 3D volume (z = partition direction, x = readout last).
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ class Indices:
 
     def as_tuple(self) -> tuple[int, ...]:
         return tuple(getattr(self, n) for n in GROUP_INDICES)
+
+    def label(self) -> str:
+        """Readable name of the group: its non-zero counters (``"repetition 1, set 2"``), or
+        ``"slice 0"``."""
+        parts = [f"{n} {getattr(self, n)}" for n in GROUP_INDICES if getattr(self, n)]
+        return ", ".join(parts) or "slice 0"
 
 
 def _get(obj: Any, path: str, what: str) -> Any:
@@ -173,7 +180,17 @@ class EncodingInfo:
 
     @property
     def is_3d(self) -> bool:
-        return self.encoded_matrix[2] > 1
+        """3D encoding: encoded matrix z > 1, or ``kspace_encoding_step_2`` limits wider than
+        one partition."""
+        lim = self.limits.get("kspace_encoding_step_2")
+        return self.encoded_matrix[2] > 1 or (lim is not None and lim.size > 1)
+
+    @property
+    def partition_thickness(self) -> float:
+        """Thickness in mm of one reconstructed partition of a 3D encoding: encoded FOV z /
+        encoded matrix z (the recon space has the same spacing; it may hold fewer partitions
+        when the sequence oversamples the slab)."""
+        return self.encoded_fov[2] / self.encoded_matrix[2]
 
     def ky_center(self) -> int:
         """Encode-step-1 counter of the k-space centre (header limit, else half the matrix)."""
@@ -181,8 +198,19 @@ class EncodingInfo:
         return lim.center if lim is not None else self.encoded_matrix[1] // 2
 
     def kz_center(self) -> int:
+        """Encode-step-2 counter of the k-space centre (header limit, else half the matrix)."""
         lim = self.limits.get("kspace_encoding_step_2")
         return lim.center if lim is not None else self.encoded_matrix[2] // 2
+
+    def kz_range(self) -> tuple[int, int]:
+        """Encode-step-2 counters ``(first, last)`` the acquisition covers: the encoding limits
+        (narrower than the matrix with partial Fourier in kz), else the whole matrix."""
+        lim = self.limits.get("kspace_encoding_step_2")
+        if lim is not None:
+            return lim.minimum, lim.maximum
+        nz = self.encoded_matrix[2]
+        c = self.kz_center()
+        return c - nz // 2, c - nz // 2 + nz - 1
 
     def image_number(self, indices: Indices) -> int:
         """A 1-based image number unique per ``indices`` (slice fastest, then phase, contrast,
@@ -307,13 +335,15 @@ class KSpace:
 
 @dataclass
 class ImageSeries:
-    """One reconstructed image with extra maps and the geometry to write it as ISMRMRD.
+    """One reconstructed image (2D slice or 3D volume) with extra maps and the geometry to
+    write it as ISMRMRD.
 
     Attributes
     ----------
-    image : complex64 ``[ny, nx]`` at the recon matrix size (numpy, host).
-    extras : extra maps by name: ``[ny, nx]`` maps (e.g. ``"uncertainty"``) or other arrays
-        (e.g. estimated coil maps ``"csm"`` ``[C, ny, nx]``), float32/complex64 numpy.
+    image : complex64 ``[ny, nx]`` at the recon matrix size (numpy, host), or ``[nz, ny, nx]``
+        for a 3D volume (recon matrix z along the partition direction).
+    extras : extra maps by name: maps shaped like ``image`` (e.g. ``"uncertainty"``) or other
+        arrays (e.g. estimated coil maps ``"csm"`` ``[C, ny, nx]``), float32/complex64 numpy.
     indices : the encoding counters of the source k-space group.
     reference : acquisition header the geometry is copied from.
     encoding : encoding description; ``encoding.recon_fov`` is the image field of view.
@@ -330,8 +360,13 @@ class ImageSeries:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.image.ndim != 2:
-            raise ValueError(f"image must be [ny, nx]: {self.image.shape=}")
+        if self.image.ndim not in (2, 3):
+            raise ValueError(f"image must be [ny, nx] or [nz, ny, nx]: {self.image.shape=}")
+
+    @property
+    def is_volume(self) -> bool:
+        """True for a 3D volume ``[nz, ny, nx]``."""
+        return self.image.ndim == 3
 
     @property
     def field_of_view(self) -> tuple[float, float, float]:

@@ -1,15 +1,20 @@
-"""Export images for a person to look at: windowed PNG files and NIfTI volumes.
+"""Export images for a person to look at: windowed PNG files, PNG montages and NIfTI volumes.
 
 Geometry convention for NIfTI: ISMRMRD positions and directions are in the DICOM patient
 coordinate system (LPS, mm); NIfTI affines are RAS, so x and y are negated. The image
 ``position`` is taken as the centre of pixel ``(nx // 2, ny // 2)`` (the FFT centre, as
-python-ismrmrd-server's ``mrd2dicom`` assumes); voxel ``(i, j)`` is readout column ``i`` and
-phase-encode row ``j``.
+python-ismrmrd-server's ``mrd2dicom`` assumes); voxel ``(i, j, k)`` is readout column ``i``,
+phase-encode row ``j`` and slice ``k``, slices sorted by their position along ``slice_dir``
+(ascending), so the third affine column is ``slice_dir`` times the slice spacing. A 3D volume
+written by :func:`mrprior.pipeline.images_from_series` (one image per partition, positions
+``Δz`` apart along ``slice_dir``) becomes a NIfTI volume whose voxel ``(i, j, k)`` is the
+reconstructed volume's ``[k, j, i]``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,6 +92,74 @@ def export_png(
         paths.append(path)
     logger.info("wrote %d PNG files to %s", len(paths), out)
     return paths
+
+
+def _stack_key(img: ismrmrd.Image) -> tuple[int, ...]:
+    """Images of one stack (volume or multi-slice set): same series and counters but slice."""
+    return (
+        img.image_series_index,
+        img.repetition,
+        img.contrast,
+        img.phase,
+        img.set,
+        img.average,
+    )
+
+
+def _along_slice(img: ismrmrd.Image) -> float:
+    direction = _unit(img.slice_dir, np.array([0, 0, 1.0]))
+    return float(np.dot(np.asarray(img.position, dtype=np.float64), direction))
+
+
+def export_montage(
+    images: Sequence[ismrmrd.Image], out_dir: str | Path, prefix: str = "montage"
+) -> list[Path]:
+    """Write one PNG montage per stack of images (a 3D volume or a multi-slice set).
+
+    Images of the same series and counters (repetition, contrast, phase, set, average) form a
+    stack; its slices are sorted by position along ``slice_dir`` (then by ``slice``) and tiled
+    row by row, ``ceil(sqrt(n))`` per row, with one window for the whole stack (the first
+    image's ``WindowCenter``/``WindowWidth``, else the stack's 0.5..99.5 percentiles). Files
+    are named ``<prefix>_s<series>_r<rep>_c<contrast>_p<phase>_set<set>_a<avg>.png``.
+    """
+    from PIL import Image as PILImage
+
+    stacks: dict[tuple[int, ...], list[ismrmrd.Image]] = {}
+    for img in images:
+        stacks.setdefault(_stack_key(img), []).append(img)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key, stack in sorted(stacks.items()):
+        stack.sort(key=lambda im: (round(_along_slice(im), 4), im.slice))
+        planes = [_plane(im) for im in stack]
+        ny, nx = planes[0].shape
+        if any(p.shape != (ny, nx) for p in planes):
+            raise DataError(f"images of series {key[0]} differ in matrix size")
+        cols = math.ceil(math.sqrt(len(planes)))
+        rows = math.ceil(len(planes) / cols)
+        tiles = np.zeros((rows * ny, cols * nx))
+        for n, plane in enumerate(planes):
+            r, c = divmod(n, cols)
+            tiles[r * ny : (r + 1) * ny, c * nx : (c + 1) * nx] = plane
+        win = _meta_window(stack[0])
+        if win is None:
+            values = np.concatenate([p.ravel() for p in planes])
+            pix = window_to_uint8(tiles, *_percentile_window(values))
+        else:
+            pix = window_to_uint8(tiles, *win)
+        series, rep, contrast, phase, set_, avg = key
+        name = f"{prefix}_s{series:03d}_r{rep:03d}_c{contrast}_p{phase}_set{set_}_a{avg}.png"
+        path = out / name
+        PILImage.fromarray(pix, mode="L").save(path)
+        paths.append(path)
+    logger.info("wrote %d montage(s) to %s", len(paths), out)
+    return paths
+
+
+def _percentile_window(values: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(values, [0.5, 99.5]) if values.size else (0.0, 1.0)
+    return float((hi + lo) / 2), float(max(hi - lo, 1e-30))
 
 
 def _unit(v: Any, fallback: np.ndarray) -> np.ndarray:

@@ -4,27 +4,48 @@
 (:func:`read_raw`, :func:`iter_kspace`), the Gadgetron node and the MRD server all feed it
 acquisitions one at a time and reconstruct what it emits.
 
-Grouping: acquisitions are grouped by ``(slice, contrast, phase, repetition, set, average)``; a
-group is emitted when an acquisition carrying ``LAST_IN_SLICE`` arrives, and whatever is left is
-emitted by :meth:`AcquisitionBuffer.flush` at the end of the stream (as python-ismrmrd-server does).
+Grouping: acquisitions are grouped by ``(slice, contrast, phase, repetition, set, average)``.
+
+- **2D** encodings (encoded matrix z = 1 and no ``kspace_encoding_step_2`` range in the limits):
+  a group is emitted when an acquisition carrying ``LAST_IN_SLICE`` arrives.
+- **3D** encodings (encoded matrix z > 1, or encoding limits of ``kspace_encoding_step_2`` wider
+  than one partition): a group is a whole volume. Some sequences flag ``LAST_IN_SLICE`` on the
+  last line of *every* partition, so that flag alone does not end a volume: the group is emitted
+  on ``LAST_IN_SLICE`` only when its partitions are complete (see :meth:`AcquisitionBuffer.add`),
+  or on ``LAST_IN_ENCODE_STEP2`` / ``LAST_IN_REPETITION`` together with ``LAST_IN_SLICE``.
+- ``LAST_IN_MEASUREMENT`` emits every group still open; whatever is left at the end of the
+  stream is emitted by :meth:`AcquisitionBuffer.flush` (as python-ismrmrd-server does).
+
 Noise scans (``NOISE_MEASUREMENT``) are kept and attached to every group emitted after them.
 Lines flagged ``PARALLEL_CALIBRATION`` go to the calibration region only; lines flagged
 ``PARALLEL_CALIBRATION_AND_IMAGING`` to both the calibration region and the imaging mask.
 
-Placement: line ``ky`` goes to row ``ky - center_ky + ny // 2`` (``center_ky`` from the encoding
-limits); readout samples are placed so that ``center_sample`` lands at ``nx_enc // 2`` (so
-asymmetric echoes are zero-filled). Data stay at the *encoded* matrix size and unwhitened:
-readout-oversampling removal and noise prewhitening happen in one place,
-:func:`mrprior.pipeline.preprocess`.
+Placement: line ``ky`` goes to row ``ky - center_ky + ny // 2`` and partition ``kz`` to plane
+``kz - center_kz + nz // 2`` (centres from the encoding limits, else half the matrix); readout
+samples are placed so that ``center_sample`` lands at ``nx_enc // 2`` (so asymmetric echoes are
+zero-filled). Data stay unwhitened, and at the *encoded* matrix size unless the buffer is
+given a ``readout`` reduction: readout-oversampling removal and noise prewhitening are the
+pipeline's (:func:`mrprior.pipeline.preprocess`; its buffers,
+:func:`mrprior.pipeline.acquisition_buffer`, remove the oversampling line by line with the same
+function, which halves the memory of a buffered 3D volume).
+One complex64 array per group holds the data (imaging lines replace calibration-only lines at
+the same position; repeated lines are averaged), so a 3D volume costs its k-space size once.
+
+Bad data in one group (NaN samples, a line or partition outside the encoding limits or the
+matrix, a readout longer than the matrix, a changed coil count, partitions missing from a 3D
+volume) fail **that group only**: its acquisitions are dropped, the error (naming the group and
+the problem) is kept in :attr:`AcquisitionBuffer.errors`, and the other groups are still
+emitted. :meth:`AcquisitionBuffer.raise_errors` raises them together at the end of the stream.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import h5py
 import ismrmrd
@@ -86,14 +107,29 @@ def parse_header(xml: str | bytes | Any) -> Any:
     return header
 
 
+class ReadoutReducer(Protocol):
+    """Reduces each zero-filled encoded readout ``[C, nx_enc]`` to ``[C, size]`` as it arrives
+    (e.g. readout-oversampling removal); ``mask`` maps the encoded samples a line covers
+    (bool ``[nx_enc]``) to the reduced positions it covers (bool ``[size]``)."""
+
+    size: int
+
+    def __call__(self, line: np.ndarray) -> np.ndarray: ...
+
+    def mask(self, covered: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass
 class _Group:
-    """Accumulates the lines of one group (2D groups use kz = 1 internally)."""
+    """Accumulates the lines of one group (2D groups use kz = 1 internally).
+
+    ``data`` holds imaging lines, or calibration-only lines where no imaging line was acquired;
+    ``img_count`` / ``cal_count`` count imaging / calibration-only lines per ``(kz, ky)``.
+    """
 
     indices: Indices
     shape: tuple[int, int, int, int]  # C, kz, ky, kx
-    img: np.ndarray = field(init=False)
-    cal: np.ndarray = field(init=False)
+    data: np.ndarray = field(init=False)
     img_count: np.ndarray = field(init=False)
     cal_count: np.ndarray = field(init=False)
     img_mask: np.ndarray = field(init=False)
@@ -102,15 +138,33 @@ class _Group:
     first: ismrmrd.AcquisitionHeader | None = None
     dwell_us: float = 0.0
     n_acq: int = 0
+    error: DataError | None = None
 
     def __post_init__(self) -> None:
         _, nz, ny, nx = self.shape
-        self.img = np.zeros(self.shape, np.complex64)
-        self.cal = np.zeros(self.shape, np.complex64)
+        self.data = np.zeros(self.shape, np.complex64)
         self.img_count = np.zeros((nz, ny), np.int32)
         self.cal_count = np.zeros((nz, ny), np.int32)
         self.img_mask = np.zeros((nz, ny, nx), bool)
         self.cal_mask = np.zeros((nz, ny, nx), bool)
+
+    def fail(self, error: DataError) -> None:
+        """Mark the group failed and free its arrays (later acquisitions are dropped)."""
+        self.error = error
+        empty = np.zeros((0, 0, 0, 0), np.complex64)
+        self.data = empty
+        self.img_mask = self.cal_mask = np.zeros((0, 0, 0), bool)
+
+    def partitions_present(self) -> np.ndarray:
+        """bool ``[nz]``: partitions holding at least one line (imaging or calibration)."""
+        return ((self.img_count + self.cal_count) > 0).any(axis=1)
+
+
+def _runs(missing: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive ``(start, stop)`` index pairs of the runs of True in a 1D bool array."""
+    padded = np.concatenate([[False], missing, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 class AcquisitionBuffer:
@@ -120,29 +174,48 @@ class AcquisitionBuffer:
     ----------
     header : parsed header, or its XML text.
     encoding_index : which ``<encoding>`` of the header the data belong to.
+    readout : optional reduction applied to every readout as it arrives (the pipeline passes
+        its readout-oversampling removal, so a 3D volume is held at the recon readout size;
+        see :func:`mrprior.pipeline.acquisition_buffer`). Emitted groups then carry
+        ``oversampling_removed=True``.
+
+    Attributes
+    ----------
+    errors : the :class:`DataError` of every group that failed so far (each names its group).
 
     Raises
     ------
     HeaderError
-        Header without encoding information.
+        Header without encoding information, or 3D limits with an encoded matrix z = 1.
     DataError
-        Non-Cartesian trajectory (at construction); while adding: inconsistent coil counts,
-        readouts longer than the encoded matrix, NaN/Inf samples, encode steps outside the
-        encoding limits.
+        Non-Cartesian trajectory (at construction); while adding: a noise scan whose coil count
+        differs from earlier acquisitions. Problems of one group are kept in :attr:`errors`.
     """
 
-    def __init__(self, header: Any, encoding_index: int = 0) -> None:
+    def __init__(
+        self, header: Any, encoding_index: int = 0, readout: ReadoutReducer | None = None
+    ) -> None:
         self.header = parse_header(header)
+        self.readout = readout
         self.encoding = EncodingInfo.from_header(self.header, encoding_index)
         if self.encoding.trajectory not in CARTESIAN_TRAJECTORIES:
             raise DataError(
                 f"trajectory {self.encoding.trajectory!r} is not supported: only Cartesian data "
                 "can be reconstructed"
             )
+        lim = self.encoding.limits.get("kspace_encoding_step_2")
+        if self.encoding.encoded_matrix[2] == 1 and lim is not None and lim.size > 1:
+            raise HeaderError(
+                f"ISMRMRD header: kspace_encoding_step_2 limits [{lim.minimum}, {lim.maximum}] "
+                "describe a 3D encoding but the encoded matrix size z is 1"
+            )
+        self.is_3d = self.encoding.is_3d
         self._groups: dict[tuple[int, ...], _Group] = {}
         self._noise: list[np.ndarray] = []
         self._noise_dwell_us: float | None = None
         self._coils: int | None = None
+        self._kz_extent: tuple[int, int, Indices] | None = None
+        self.errors: list[DataError] = []
         self.n_added = 0
 
     # -- public -------------------------------------------------------------------------------
@@ -161,40 +234,69 @@ class AcquisitionBuffer:
         return len(self._groups)
 
     def add(self, acq: ismrmrd.Acquisition) -> list[KSpace]:
-        """Add one acquisition; return the groups it completes (empty list or one KSpace)."""
+        """Add one acquisition; return the groups it completes (usually none or one).
+
+        A 2D group completes on ``LAST_IN_SLICE``. A 3D group completes on ``LAST_IN_SLICE``
+        together with ``LAST_IN_ENCODE_STEP2`` or ``LAST_IN_REPETITION``, or on ``LAST_IN_SLICE``
+        alone once its partitions are complete: every partition of the encoding limits' range
+        has a line except gaps the acquisition allows (runs of empty partitions no longer than
+        the header's kz acceleration minus one inside the volume and at its edges).
+        ``LAST_IN_MEASUREMENT`` completes every open group.
+        """
         self.n_added += 1
         number = self.n_added - 1
         if any(acq.is_flag_set(f) for f in _SKIP):
             return []
         data = np.asarray(acq.data)
-        self._check_coils(acq, number)
-        if not np.isfinite(data).all():
-            bad = int(np.count_nonzero(~np.isfinite(data)))
-            raise DataError(
-                f"acquisition {number} (scan counter {acq.scan_counter}, line "
-                f"{acq.idx.kspace_encode_step_1}) contains {bad} NaN/Inf samples"
-            )
         if acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+            self._check_coils(acq, number)
+            self._check_finite(acq, data, number)
             self._noise.append(data.astype(np.complex64, copy=True))
             if acq.sample_time_us > 0:
                 self._noise_dwell_us = float(acq.sample_time_us)
             return []
-        group = self._place(acq, data, number)
-        if acq.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
-            key = group.indices.as_tuple()
-            return [self._emit(self._groups.pop(key))]
-        return []
+        indices = Indices.from_acquisition(acq)
+        key = indices.as_tuple()
+        group = self._groups.get(key)
+        if group is None or group.error is None:
+            try:
+                self._check_coils(acq, number)
+                self._check_finite(acq, data, number)
+                group = self._place(acq, data, number, indices)
+            except DataError as exc:
+                if group is None:
+                    group = _Group(indices=indices, shape=(0, 0, 0, 0))
+                    self._groups[key] = group
+                group.fail(DataError(f"{indices.label()}: {exc}"))
+                logger.warning("%s; the group's acquisitions are dropped", group.error)
+        out: list[KSpace] = []
+        if acq.is_flag_set(ismrmrd.ACQ_LAST_IN_MEASUREMENT):
+            for k in list(self._groups):
+                out += self._close(self._groups.pop(k))
+        elif acq.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE) and self._ends_group(acq, group):
+            out += self._close(self._groups.pop(key))
+        return out
 
     def flush(self) -> list[KSpace]:
-        """Emit every group not yet closed by ``LAST_IN_SLICE`` (end of stream)."""
+        """Emit every group still open (end of stream)."""
         out = []
         for key in list(self._groups):
             group = self._groups.pop(key)
-            if group.reference is None and group.first is None:
+            if group.error is None and group.reference is None and group.first is None:
                 continue
-            logger.info("flushing group %s without LAST_IN_SLICE", group.indices)
-            out.append(self._emit(group))
+            if group.error is None:
+                logger.info("flushing group %s at the end of the stream", group.indices.label())
+            out += self._close(group)
         return out
+
+    def raise_errors(self) -> None:
+        """Raise one :class:`DataError` listing every failed group (no-op when none failed)."""
+        if not self.errors:
+            return
+        if len(self.errors) == 1:
+            raise DataError(str(self.errors[0]))
+        joined = "; ".join(str(e) for e in self.errors)
+        raise DataError(f"{len(self.errors)} groups failed: {joined}")
 
     # -- internals ----------------------------------------------------------------------------
     def _check_coils(self, acq: ismrmrd.Acquisition, number: int) -> None:
@@ -212,7 +314,77 @@ class AcquisitionBuffer:
                 f"acquisitions have {self._coils}"
             )
 
-    def _place(self, acq: ismrmrd.Acquisition, data: np.ndarray, number: int) -> _Group:
+    @staticmethod
+    def _check_finite(acq: ismrmrd.Acquisition, data: np.ndarray, number: int) -> None:
+        if not np.isfinite(data).all():
+            bad = int(np.count_nonzero(~np.isfinite(data)))
+            raise DataError(
+                f"acquisition {number} (scan counter {acq.scan_counter}, line "
+                f"{acq.idx.kspace_encode_step_1}, partition {acq.idx.kspace_encode_step_2}) "
+                f"contains {bad} NaN/Inf samples"
+            )
+
+    def _kz_planes(self) -> tuple[int, int]:
+        """Plane indices ``(first, last)`` the encoding limits expect to be acquired."""
+        enc = self.encoding
+        nz = enc.encoded_matrix[2]
+        lo, hi = enc.kz_range()
+        offset = nz // 2 - enc.kz_center()
+        return max(lo + offset, 0), min(hi + offset, nz - 1)
+
+    def _allowed_gap(self, present: np.ndarray, interior: bool) -> int:
+        """Longest run of empty partitions that undersampling explains: the header's kz
+        acceleration minus one; inside the volume also the measured kz acceleration (rounded
+        up), which covers variable-density patterns whose header says 1."""
+        rz = max(int(self.encoding.acceleration[1]), 1)
+        if not interior:
+            return rz - 1
+        n = int(present.sum())
+        measured = math.ceil(present.size / n) if n else present.size
+        return max(rz - 1, measured)
+
+    def _partition_problem(self, group: _Group, strict: bool) -> str | None:
+        """Why a 3D group's partitions are incomplete (None if they are not).
+
+        ``strict`` (deciding whether ``LAST_IN_SLICE`` ends the volume) also demands the edge
+        partitions of the limits' range; otherwise (validating an emitted volume) edge runs are
+        held to the same allowance as interior ones.
+        """
+        first, last = self._kz_planes()
+        present = group.partitions_present()[first : last + 1]
+        if not present.any():
+            return "no partition of the volume holds a line"
+        runs = _runs(~present)
+        offset = self.encoding.kz_center() - self.encoding.encoded_matrix[2] // 2 + first
+        bad = []
+        for a, b in runs:
+            edge = a == 0 or b == present.size - 1
+            allowed = self._allowed_gap(present, interior=not (strict and edge))
+            if b - a + 1 > allowed:
+                bad.append((a + offset, b + offset))
+        if not bad:
+            return None
+        where = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in bad)
+        lo, hi = first + offset, last + offset
+        return (
+            f"missing partitions: kspace_encode_step_2 {where} of {lo}..{hi} have no acquisitions "
+            f"(more than the kz acceleration R = {self.encoding.acceleration[1]} of the header "
+            "explains)"
+        )
+
+    def _ends_group(self, acq: ismrmrd.Acquisition, group: _Group) -> bool:
+        """Whether ``LAST_IN_SLICE`` on ``acq`` ends ``group`` (always in 2D, see :meth:`add`)."""
+        if not self.is_3d or group.error is not None:
+            return True
+        if acq.is_flag_set(ismrmrd.ACQ_LAST_IN_ENCODE_STEP2) or acq.is_flag_set(
+            ismrmrd.ACQ_LAST_IN_REPETITION
+        ):
+            return True
+        return self._partition_problem(group, strict=True) is None
+
+    def _place(
+        self, acq: ismrmrd.Acquisition, data: np.ndarray, number: int, indices: Indices
+    ) -> _Group:
         enc = self.encoding
         nx, ny, nz = enc.encoded_matrix
         ky = int(acq.idx.kspace_encode_step_1)
@@ -220,19 +392,21 @@ class AcquisitionBuffer:
         for name, value in (("kspace_encoding_step_1", ky), ("kspace_encoding_step_2", kz)):
             lim = enc.limits.get(name)
             if lim is not None and not lim.minimum <= value <= lim.maximum:
+                what = "partition" if name.endswith("2") else "line"
                 raise DataError(
-                    f"acquisition {number}: {name} = {value} outside the encoding limits "
+                    f"acquisition {number}: {what} {name} = {value} outside the encoding limits "
                     f"[{lim.minimum}, {lim.maximum}]"
                 )
         row = ky - enc.ky_center() + ny // 2
-        plane = kz - enc.kz_center() + nz // 2 if nz > 1 else 0
+        plane = kz - enc.kz_center() + nz // 2
         if not 0 <= row < ny:
             raise DataError(
                 f"acquisition {number}: line {ky} does not fit the encoded matrix (y = {ny})"
             )
         if not 0 <= plane < nz:
             raise DataError(
-                f"acquisition {number}: partition {kz} does not fit the encoded matrix (z = {nz})"
+                f"acquisition {number}: partition kspace_encode_step_2 = {kz} does not fit the "
+                f"encoded matrix (z = {nz}, centre {enc.kz_center()})"
             )
         ns = int(acq.number_of_samples)
         pre, post = int(acq.discard_pre), int(acq.discard_post)
@@ -249,23 +423,40 @@ class AcquisitionBuffer:
                 f"acquisition {number}: {samples.shape[1]} readout samples (centre sample "
                 f"{acq.center_sample}) do not fit the encoded matrix x = {nx} from the header"
             )
-        indices = Indices.from_acquisition(acq)
         key = indices.as_tuple()
         group = self._groups.get(key)
+        width = nx if self.readout is None else self.readout.size
         if group is None:
-            group = _Group(indices=indices, shape=(self._coils or data.shape[0], nz, ny, nx))
+            group = _Group(indices=indices, shape=(self._coils or data.shape[0], nz, ny, width))
             self._groups[key] = group
         stop = start + samples.shape[1]
+        if self.readout is None:
+            cols: slice | np.ndarray = slice(start, stop)
+        else:  # reduce the zero-filled encoded line as it arrives
+            full = np.zeros((samples.shape[0], nx), np.complex64)
+            full[:, start:stop] = samples
+            covered = np.zeros(nx, bool)
+            covered[start:stop] = True
+            samples = self.readout(full)
+            cols = np.flatnonzero(self.readout.mask(covered))
+            samples = samples[:, cols] if cols.size != width else samples
+            if cols.size == width:
+                cols = slice(0, width)
         calib_only = acq.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
         both = acq.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
         if calib_only or both:
-            group.cal[:, plane, row, start:stop] += samples
+            group.cal_mask[plane, row, cols] = True
+        line = group.data[:, plane, row]
+        if calib_only:
+            if group.img_count[plane, row] == 0:  # imaging lines take precedence
+                line[:, cols] += samples
             group.cal_count[plane, row] += 1
-            group.cal_mask[plane, row, start:stop] = True
-        if not calib_only:
-            group.img[:, plane, row, start:stop] += samples
+        else:
+            if group.img_count[plane, row] == 0 and group.cal_count[plane, row] > 0:
+                line[:] = 0  # drop calibration-only data: an imaging line replaces it
+            line[:, cols] += samples
             group.img_count[plane, row] += 1
-            group.img_mask[plane, row, start:stop] = True
+            group.img_mask[plane, row, cols] = True
             if group.reference is None:
                 group.reference = ismrmrd.AcquisitionHeader.from_buffer_copy(acq.getHead())
                 group.dwell_us = float(acq.sample_time_us)
@@ -275,17 +466,50 @@ class AcquisitionBuffer:
         group.n_acq += 1
         return group
 
+    def _close(self, group: _Group) -> list[KSpace]:
+        """Validate and emit a finished group; a failed one goes to :attr:`errors` instead."""
+        if group.error is None and self.is_3d:
+            problem = self._partition_problem(group, strict=False)
+            if problem is None:
+                problem = self._check_kz_extent(group)
+            if problem is not None:
+                group.fail(DataError(f"{group.indices.label()}: {problem}"))
+                logger.warning("%s; the group is dropped", group.error)
+        if group.error is not None:
+            self.errors.append(group.error)
+            return []
+        return [self._emit(group)]
+
+    def _check_kz_extent(self, group: _Group) -> str | None:
+        """Partitions acquired must span the same range in every group (repetitions, contrasts,
+        ...) of the measurement, within the header's kz acceleration; the first group emitted
+        sets the range."""
+        present = np.flatnonzero(group.partitions_present())
+        extent = (int(present[0]), int(present[-1]))
+        if self._kz_extent is None:
+            self._kz_extent = (*extent, group.indices)
+            return None
+        lo, hi, ref = self._kz_extent
+        tol = max(int(self.encoding.acceleration[1]), 1) - 1
+        if abs(extent[0] - lo) <= tol and abs(extent[1] - hi) <= tol:
+            return None
+        shift = self.encoding.kz_center() - self.encoding.encoded_matrix[2] // 2
+        return (
+            f"inconsistent partitions: kspace_encode_step_2 spans {extent[0] + shift}.."
+            f"{extent[1] + shift} here but {lo + shift}..{hi + shift} in {ref.label()}"
+        )
+
     def _emit(self, group: _Group) -> KSpace:
-        img_n = np.maximum(group.img_count, 1)[None, :, :, None]
-        cal_n = np.maximum(group.cal_count, 1)[None, :, :, None]
-        has_img = (group.img_count > 0)[None, :, :, None]
-        data = np.where(has_img, group.img / img_n, group.cal / cal_n).astype(np.complex64)
-        mask, calib = group.img_mask, group.cal_mask
-        if self.encoding.encoded_matrix[2] == 1:
+        n = np.where(group.img_count > 0, group.img_count, group.cal_count)
+        repeated = n > 1
+        if repeated.any():  # average repeated lines in place (no copy of the volume)
+            group.data[:, repeated] /= n[repeated][None, :, None].astype(np.float32)
+        data, mask, calib = group.data, group.img_mask, group.cal_mask
+        if not self.is_3d:
             data, mask, calib = data[:, 0], mask[0], calib[0]
         reference = group.reference if group.reference is not None else group.first
         if group.reference is None:
-            logger.warning("group %s has calibration lines only", group.indices)
+            logger.warning("group %s has calibration lines only", group.indices.label())
         assert reference is not None
         noise = self.noise
         return KSpace(
@@ -298,6 +522,7 @@ class AcquisitionBuffer:
             noise=None if noise is None else noise.copy(),
             noise_dwell_us=self._noise_dwell_us,
             dwell_us=group.dwell_us,
+            oversampling_removed=self.readout is not None,
         )
 
 
@@ -397,9 +622,14 @@ def iter_acquisitions(
 
 
 def iter_kspace(
-    path: str | Path, dataset: str = "dataset", header: Any | None = None
+    path: str | Path,
+    dataset: str = "dataset",
+    header: Any | None = None,
+    readout: ReadoutReducer | None = None,
 ) -> Iterator[KSpace]:
-    """Yield the k-space groups of a raw file as they complete (same buffer as streams).
+    """Yield the k-space groups of a raw file as they complete (same buffer as streams;
+    ``readout`` as in :class:`AcquisitionBuffer`). Groups with bad data are raised as one
+    :class:`DataError` after every good group was yielded.
 
     Raises
     ------
@@ -412,7 +642,7 @@ def iter_kspace(
             _group(f, path, dataset)  # structure first: "no acquisitions" before header errors
         header = read_header(path, dataset)
     try:
-        buffer = AcquisitionBuffer(header)
+        buffer = AcquisitionBuffer(header, readout=readout)
     except DataError as exc:
         raise type(exc)(f"{path}: {exc}") from None
     emitted = 0
@@ -424,6 +654,7 @@ def iter_kspace(
         for ks in buffer.flush():
             emitted += 1
             yield ks
+        buffer.raise_errors()  # after every good group: nothing lost
     except DataError as exc:
         msg = str(exc)
         raise type(exc)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None

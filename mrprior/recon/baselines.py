@@ -13,22 +13,22 @@ from mrprior.recon.problem import ReconProblem
 
 
 def zero_filled(problem: ReconProblem, combine: Literal["sense", "rss"] = "sense") -> torch.Tensor:
-    """Zero-filled reconstruction ``[ky, kx]`` (complex64).
+    """Zero-filled reconstruction ``[ky, kx]`` (``[B, ky, kx]`` for a batch of planes, complex64).
 
     ``combine="sense"``: the coil-combined adjoint ``Aᴴy = Σ_c conj(S_c) · Fᴴ y_c`` with the
     problem's coil maps (normalized maps make this the matched-filter combination).
     ``combine="rss"``: root-sum-of-squares ``sqrt(Σ_c |Fᴴ y_c|²)`` (no maps needed, real-valued,
     returned as complex64 with zero phase).
     """
-    y = problem.kspace * problem.mask.to(problem.kspace.dtype)
+    y = problem.kspace * problem.mask.to(problem.kspace.dtype).unsqueeze(-3)
     coil_images = ifftc(y, 2)
     if combine == "rss":
-        return torch.sqrt((coil_images.abs() ** 2).sum(dim=0)).to(torch.complex64)
+        return torch.sqrt((coil_images.abs() ** 2).sum(dim=-3)).to(torch.complex64)
     if combine != "sense":
         raise ValueError(f"combine must be 'sense' or 'rss': {combine!r}")
     if problem.csm is None:
         raise ValueError("zero_filled(combine='sense') needs coil maps (problem.csm is None)")
-    return (coil_images * problem.csm.conj()).sum(dim=0)
+    return (coil_images * problem.csm.conj()).sum(dim=-3)
 
 
 def cg_sense(

@@ -101,19 +101,20 @@ def normal_operator(A: LinearOperator) -> Callable[[torch.Tensor], torch.Tensor]
     iy = torch.arange(h, device=dev)[:, None]
     ix = torch.arange(w, device=dev)[None, :]
     checker = (1 - 2 * ((iy + ix) % 2)).to(torch.float32)
-    maps = (A.csm * checker).to(torch.complex64).contiguous()
+    maps = (A.csm * checker).to(torch.complex64).contiguous()  # [(B,) C, H, W]
     maps_conj = maps.conj().resolve_conj()
     mask = A.mask
+    image_ndim = maps.ndim - 1  # [H, W], or [B, H, W] for per-plane maps
 
     def gram(x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 2:  # batched input: the generic path broadcasts
+        if x.ndim != image_ndim:  # extra leading dims (samples): the generic path broadcasts
             return A.gram.forward(x)
-        t = torch.mul(maps, x)
+        t = torch.mul(maps, x.unsqueeze(-3))
         torch.fft.fft2(t, norm="ortho", out=t)
         if mask is not None:
             t.mul_(mask)
         torch.fft.ifft2(t, norm="ortho", out=t)
         t.mul_(maps_conj)
-        return t.sum(dim=0)
+        return t.sum(dim=-3)
 
     return gram

@@ -152,6 +152,12 @@ def bart_scaling(kspace: torch.Tensor, mask: torch.Tensor | None = None) -> floa
     return float(scale) if scale > 0 else 1.0
 
 
+def _plane_mask(mask: torch.Tensor, i: int) -> torch.Tensor:
+    """Plane ``i``'s ``[H, W]`` sampling mask from an operator mask ``[H, W]`` or ``[B, 1, H, W]``."""
+    m = mask.reshape(-1, *mask.shape[-2:])
+    return m[i if m.shape[0] > 1 else 0]
+
+
 def lipschitz_bound(
     A: LinearOperator, iterations: int = 20, device: torch.device | str = "cpu"
 ) -> float:
@@ -168,7 +174,7 @@ def lipschitz_bound(
     if isinstance(A, SenseOperator) and (
         A.mask is None or bool(((A.mask >= 0) & (A.mask <= 1)).all())
     ):
-        return float((A.csm.abs() ** 2).sum(dim=0).max())
+        return float((A.csm.abs() ** 2).sum(dim=-A.ndim - 1).max())  # sum over the coil axis
     return power_iteration(A.gram, iterations=iterations, device=device)
 
 
@@ -193,7 +199,8 @@ def l1_wavelet(
     Parameters
     ----------
     A : forward operator image ``[H, W]`` -> k-space (a SENSE operator gets a fused normal op).
-    y : measured k-space ``A.oshape`` (``[C, ky, kx]``), zeros where not sampled.
+    y : measured k-space ``A.oshape`` (``[C, ky, kx]``), or ``[B, C, ky, kx]`` for a batch of
+        planes (a :class:`~mrprior.recon.planes.PlaneSenseOperator`); zeros where not sampled.
     lam : λ in BART's units (``bart pics -l1 -r λ``) when ``scale="bart"``.
     max_iterations : FISTA iterations (default 30 = BART's ``-i`` default; on the BART phantom at
         λ = 0.01, 30 iterations give a higher PSNR than 100, for BART and for us alike).
@@ -202,7 +209,8 @@ def l1_wavelet(
     step : gradient step; default ``0.95 / L`` with ``L`` from :func:`lipschitz_bound`
         (``L = 1`` for normalized maps, so this equals BART's fixed 0.95).
     wavelet, levels : see :class:`~mrprior.recon.wavelet.WaveletTransform`.
-    scale : ``"bart"`` (:func:`bart_scaling`), a number, or None (= 1).
+    scale : ``"bart"`` (:func:`bart_scaling`, per plane), a number or one per plane ``[B]``, or
+        None (= 1).
     threshold_coarse : also threshold the coarse approximation band (BART does).
     restart : adaptive momentum restart (see :func:`fista`); off in BART.
     x0 : initial image in the units of ``y`` (default zeros).
@@ -211,26 +219,41 @@ def l1_wavelet(
     Returns
     -------
     torch.Tensor
-        complex image ``[H, W]`` in the units of ``y``.
+        complex image ``[(B,) H, W]`` in the units of ``y``.
     """
     if lam < 0:
         raise ValueError(f"lam must be >= 0: {lam}")
-    if y.shape != torch.Size(A.oshape):
-        raise ValueError(f"y must have shape {A.oshape}: {tuple(y.shape)=}")
+    if tuple(y.shape[-len(A.oshape) :]) != tuple(A.oshape) or y.ndim > len(A.oshape) + 1:
+        raise ValueError(f"y must have shape [(B,) *{A.oshape}]: {tuple(y.shape)=}")
     if len(A.ishape) != 2:
         raise ValueError(f"l1_wavelet needs a 2D image operator: {A.ishape=}")
+    batch = tuple(y.shape[: y.ndim - len(A.oshape)])
     if scale == "bart":
-        s = bart_scaling(y, getattr(A, "mask", None) if y.ndim == 3 else None)
+        mask = getattr(A, "mask", None)
+        planes = y.reshape(-1, *A.oshape)
+        s = torch.tensor(
+            [
+                bart_scaling(p, None if mask is None else _plane_mask(mask, i))
+                for i, p in enumerate(planes)
+            ]
+        )
     elif scale is None:
-        s = 1.0
+        s = torch.ones(1)
     elif isinstance(scale, str):
         raise ValueError(f"scale must be 'bart', a number or None: {scale!r}")
     else:
-        s = float(scale)
-    if not s > 0:
-        raise ValueError(f"scale must be > 0: {s}")
+        s = torch.as_tensor(scale, dtype=torch.float32).reshape(-1).cpu()
+    if not bool((s > 0).all()):
+        raise ValueError(f"scale must be > 0: {s.tolist()}")
+    if s.numel() == 1:
+        s = s.reshape(())
+    elif s.numel() != math.prod(batch):
+        raise ValueError(f"one scale per plane needed: {s.numel()} for {batch=}")
+    else:
+        s = s.reshape(*batch, 1, 1)
+    s = s.to(device=y.device, dtype=torch.float32)
     device = y.device
-    ys = y / s
+    ys = y / s.unsqueeze(-3) if s.ndim else y / s
     gram = normal_operator(A)
     aty = A.adjoint(ys)
     if step is None:
@@ -261,9 +284,11 @@ def l1_wavelet(
         def cb(it: int, x: torch.Tensor) -> bool | None:
             return callback(it, x * s)
 
-    start = torch.zeros(A.ishape, dtype=torch.complex64, device=device) if x0 is None else x0 / s
+    shape = (*batch, *A.ishape)
+    start = torch.zeros(shape, dtype=torch.complex64, device=device) if x0 is None else x0 / s
     logger.debug(
-        "l1_wavelet: lam=%g scale=%.6g step=%.4g %r iterations=%d", lam, s, step, wt, max_iterations
-    )
+        "l1_wavelet: lam=%g scale=%s step=%.4g %r iterations=%d",
+        lam, s.flatten().tolist(), step, wt, max_iterations,
+    )  # fmt: skip
     x = fista(grad_f, prox_g, start, step, max_iterations, cb, restart)
     return x * s

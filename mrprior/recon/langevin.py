@@ -32,6 +32,7 @@ import torch
 
 from mrprior.mr.linop import LinearOperator
 from mrprior.priors.base import ScorePrior
+from mrprior.recon.planes import plane_generators, randn_planes
 from mrprior.recon.prior_pics import Callback, prior_denoise, sigma_schedule
 
 logger = logging.getLogger(__name__)
@@ -77,9 +78,9 @@ class PosteriorSamples:
 
     Attributes
     ----------
-    mean : complex ``[H, W]`` posterior mean (data units).
-    std : real ``[H, W]`` per-pixel posterior standard deviation of the complex samples.
-    samples : complex ``[N, H, W]`` the samples when ``keep_samples``, else None.
+    mean : complex ``[(B,) H, W]`` posterior mean (data units).
+    std : real ``[(B,) H, W]`` per-pixel posterior standard deviation of the complex samples.
+    samples : complex ``[N, (B,) H, W]`` the samples when ``keep_samples``, else None.
     """
 
     mean: torch.Tensor
@@ -99,8 +100,8 @@ def annealed_langevin(
     y: torch.Tensor,
     prior: ScorePrior,
     *,
-    noise_std: float,
-    scale: float,
+    noise_std: float | torch.Tensor,
+    scale: float | torch.Tensor,
     num_samples: int = 4,
     batch_size: int | None = None,
     sigma: Sequence[float] = (1.0, 0.005),
@@ -120,12 +121,13 @@ def annealed_langevin(
     Parameters
     ----------
     op : forward operator ``A``, image ``[H, W]`` -> k-space ``[C, H, W]`` (broadcasts over
-        the sample batch).
-    y : measured k-space ``[C, H, W]``.
+        the sample batch), or a :class:`~mrprior.recon.planes.PlaneSenseOperator`.
+    y : measured k-space ``[C, H, W]``, or ``[B, C, H, W]`` for a batch of planes.
     prior : any :class:`~mrprior.priors.base.ScorePrior`.
-    noise_std : ``σ_n`` per real component of a k-space sample, in data units.
+    noise_std : ``σ_n`` per real component of a k-space sample, in data units (scalar or per
+        plane ``[B, 1, 1]``).
     scale : ``c``: the image is sampled as ``x / c`` so that ``max|x/c| ≈ 1`` (e.g. the max of a
-        CG-SENSE image).
+        CG-SENSE image); scalar or per plane ``[B, 1, 1]``.
     num_samples : number of posterior samples ``N``.
     batch_size : samples drawn at once (default all ``N``).
     sigma : ``(σ_1, σ_L)``: first and last noise level of the geometric ladder.
@@ -134,7 +136,8 @@ def annealed_langevin(
     epsilon : corrector step ``α = ε σ²``.
     predictor : add a reverse-diffusion predictor step between levels.
     support : bool ``[H, W]``; samples are zero outside.
-    seed / generator : randomness; an explicit ``generator`` wins over ``seed``.
+    seed / generator : randomness; an explicit ``generator`` wins over ``seed`` for one plane;
+        a batch of planes draws from :func:`~mrprior.recon.planes.plane_generators` (``seed``).
     keep_samples : also return all samples.
     callback : ``callback(level, x_batch)``; returning True stops annealing early.
 
@@ -144,15 +147,25 @@ def annealed_langevin(
     """
     if num_samples < 1 or levels < 1:
         raise ValueError(f"{num_samples=} and {levels=} must be >= 1")
-    if scale <= 0:
+    c = torch.as_tensor(scale, dtype=torch.float32, device=y.device)
+    if bool((c <= 0).any()):
         raise ValueError(f"{scale=} must be > 0")
     device = y.device
-    if generator is None:
+    batched = y.ndim > len(op.oshape)
+    if batched:  # one generator per plane: a plane draws the same noise alone or in a batch
+        gens = plane_generators(y.reshape(-1, *op.oshape), 0 if seed is None else seed)
+    elif generator is None:
         generator = torch.Generator(device="cpu").manual_seed(0 if seed is None else seed)
+
+    def randn(b: int) -> torch.Tensor:
+        if batched:
+            return randn_planes(gens, (b, *op.ishape), device).reshape(b, *shape)
+        return _randn_complex((b, *shape), generator, device)
+
     sigmas = sigma_schedule(float(sigma[0]), float(sigma[1]), levels)
-    ys = y / scale
-    sn2 = (noise_std / scale) ** 2
-    shape = op.ishape
+    ys = y / (c.unsqueeze(-3) if c.ndim else c)  # c: scalar or per plane [B, 1, 1]
+    sn2 = (torch.as_tensor(noise_std, dtype=torch.float32, device=y.device) / c) ** 2
+    shape = (*y.shape[: y.ndim - len(op.oshape)], *op.ishape)  # [(B,) H, W]
     batch_size = num_samples if batch_size is None else max(1, min(batch_size, num_samples))
     acc = Welford()
     kept: list[torch.Tensor] = []
@@ -165,26 +178,26 @@ def annealed_langevin(
     done = 0
     while done < num_samples:
         b = min(batch_size, num_samples - done)
-        x = sigmas[0] * _randn_complex((b, *shape), generator, device)
+        x = sigmas[0] * randn(b)
         if support is not None:
             x = x * support
         for i, s in enumerate(sigmas):
             alpha = epsilon * s**2
             for _ in range(corrector_steps):
-                noise = _randn_complex((b, *shape), generator, device)
+                noise = randn(b)
                 x = x + alpha * grad(x, s) + math.sqrt(2 * alpha) * noise
             if predictor and i + 1 < len(sigmas):
                 d2 = s**2 - sigmas[i + 1] ** 2
-                noise = _randn_complex((b, *shape), generator, device)
+                noise = randn(b)
                 x = x + d2 * grad(x, s) + math.sqrt(d2) * noise
             if support is not None:
                 x = x * support
-            if callback is not None and callback(i, x * scale):
+            if callback is not None and callback(i, x * c):
                 break
         x = prior_denoise(prior, x, sigmas[-1])
         if support is not None:
             x = x * support
-        x = x * scale
+        x = x * c
         acc.update(x)
         if keep_samples:
             kept.append(x)

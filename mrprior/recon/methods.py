@@ -1,6 +1,7 @@
 """Built-in reconstruction methods, registered with :func:`mrprior.recon.problem.register_method`.
 
-Each method is ``(problem, settings) -> ReconResult``; unknown settings keys raise
+Each method is ``(problem, settings) -> ReconResult`` and sees the problem as a batch of planes
+(``[B, C, ky, kx]``; the registry adds and removes the plane axis for single planes); unknown settings keys raise
 :class:`~mrprior.errors.ConfigError` naming the key. Prior-based methods register from their own
 modules, imported at the end of this file.
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
+
 from mrprior.errors import ConfigError
-from mrprior.mr.sense import sense_operator
 from mrprior.recon.baselines import cg_sense, zero_filled
 from mrprior.recon.fista import bart_scaling, l1_wavelet
+from mrprior.recon.planes import plane_operator
 from mrprior.recon.problem import ReconProblem, ReconResult, register_method
 
 
@@ -31,7 +34,7 @@ def _needs_csm(name: str, problem: ReconProblem) -> None:
         raise ConfigError(f"method {name!r} needs coil maps (problem.csm is None)")
 
 
-@register_method("zerofill", needs_csm=True)
+@register_method("zerofill", needs_csm=True, batched=True)
 def zerofill_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     """Coil-combined adjoint ``Aᴴy``; settings: ``combine`` ("sense" | "rss")."""
     s = _settings("zerofill", settings, {"combine": "sense"})
@@ -44,7 +47,7 @@ def zerofill_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconRes
     return ReconResult(img, info={"method": "zerofill", "seconds": time.perf_counter() - t0, **s})
 
 
-@register_method("sense", needs_csm=True)
+@register_method("sense", needs_csm=True, batched=True)
 def sense_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     """CG-SENSE with Tikhonov ``lam``; settings: ``lam`` (0.0), ``max_iterations`` (30), ``tol``."""
     s = _settings("sense", settings, {"lam": 0.0, "max_iterations": 30, "tol": 1e-6})
@@ -53,7 +56,7 @@ def sense_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult
         raise ConfigError(f"sense: lam must be >= 0: {s['lam']}")
     if int(s["max_iterations"]) < 1:
         raise ConfigError(f"sense: max_iterations must be >= 1: {s['max_iterations']}")
-    A = sense_operator(problem.csm, problem.mask)
+    A = plane_operator(problem.csm, problem.mask)
     t0 = time.perf_counter()
     img = cg_sense(
         A,
@@ -65,7 +68,7 @@ def sense_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult
     return ReconResult(img, info={"method": "sense", "seconds": time.perf_counter() - t0, **s})
 
 
-@register_method("l1", needs_csm=True)
+@register_method("l1", needs_csm=True, batched=True)
 def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     """ℓ1-wavelet FISTA (``bart pics -l1 -r lam``); settings: ``lam`` (0.01),
     ``max_iterations`` (30, BART's default), ``seed`` (0), ``wavelet`` ("db2")."""
@@ -75,8 +78,8 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
         raise ConfigError(f"l1: lam must be >= 0: {s['lam']}")
     if int(s["max_iterations"]) < 1:
         raise ConfigError(f"l1: max_iterations must be >= 1: {s['max_iterations']}")
-    A = sense_operator(problem.csm, problem.mask)
-    scale = bart_scaling(problem.kspace, problem.mask)
+    A = plane_operator(problem.csm, problem.mask)
+    scale = [bart_scaling(k, m) for k, m in zip(problem.kspace, problem.mask, strict=True)]
     t0 = time.perf_counter()
     try:
         img = l1_wavelet(
@@ -86,7 +89,7 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
             max_iterations=int(s["max_iterations"]),
             seed=None if s["seed"] is None else int(s["seed"]),
             wavelet=str(s["wavelet"]),
-            scale=scale,
+            scale=torch.tensor(scale, device=problem.device),
         )
     except ValueError as exc:  # e.g. a non-orthogonal wavelet name
         raise ConfigError(f"l1: {exc}") from exc

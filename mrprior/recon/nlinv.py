@@ -44,9 +44,9 @@ import torch
 
 from mrprior.mr.fft import fftc, ifftc
 from mrprior.mr.linop import LinearOperator
-from mrprior.mr.sense import sense_operator
 from mrprior.priors.base import ScorePrior
 from mrprior.recon.cg import conjugate_gradient
+from mrprior.recon.planes import plane_operator
 from mrprior.recon.pnp import pnp_hqs
 from mrprior.recon.prior_pics import Callback, max_scale, sigma_schedule
 
@@ -67,21 +67,22 @@ class NlinvOperator:
     """The nonlinear NLINV forward operator ``G(ρ, ĉ) = M F (ρ · W⁻¹ ĉ)``.
 
     ``x`` is complex ``[C + 1, H, W]``: ``x[0] = ρ``, ``x[1:] = ĉ`` (coil coefficients, k-space).
-    Output: k-space ``[C, H, W]``.
+    Output: k-space ``[C, H, W]``. A batch of planes ``[B, C + 1, H, W]`` -> ``[B, C, H, W]``
+    takes a mask per plane ``[B, H, W]`` (or one shared ``[H, W]``).
 
     Parameters
     ----------
-    mask : bool ``[H, W]`` sampling mask.
+    mask : bool ``[H, W]`` or ``[B, H, W]`` sampling mask.
     coils : number of coils ``C``.
     a, b : Sobolev weight parameters.
     """
 
     def __init__(self, mask: torch.Tensor, coils: int, a: float = 220.0, b: float = 32.0) -> None:
-        if mask.ndim != 2:
-            raise ValueError(f"mask must be [H, W]: {tuple(mask.shape)=}")
-        self.mask = mask.to(torch.float32)
+        if mask.ndim not in (2, 3):
+            raise ValueError(f"mask must be [H, W] or [B, H, W]: {tuple(mask.shape)=}")
+        self.mask = mask.to(torch.float32).unsqueeze(-3)  # [(B,) 1, H, W]: every coil
         self.coils = int(coils)
-        shape = (int(mask.shape[0]), int(mask.shape[1]))
+        shape = (int(mask.shape[-2]), int(mask.shape[-1]))
         self.ishape = (self.coils + 1, *shape)
         self.oshape = (self.coils, *shape)
         self.weights = sobolev_weights(shape, a, b, device=mask.device)
@@ -96,15 +97,15 @@ class NlinvOperator:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``G(x)``."""
-        if tuple(x.shape) != self.ishape:
-            raise ValueError(f"NLINV.forward: expected {self.ishape}, got {tuple(x.shape)}")
-        return self.mask * fftc(x[0] * self.coil_maps(x[1:]), 2)
+        if tuple(x.shape[-3:]) != self.ishape:
+            raise ValueError(f"NLINV.forward: expected [..., *{self.ishape}], got {tuple(x.shape)}")
+        return self.mask * fftc(x[..., :1, :, :] * self.coil_maps(x[..., 1:, :, :]), 2)
 
     __call__ = forward
 
     def derivative(self, x: torch.Tensor) -> LinearOperator:
         """The Fréchet derivative ``DG(x)`` as a :class:`LinearOperator`."""
-        return _NlinvDerivative(self, x[0], self.coil_maps(x[1:]))
+        return _NlinvDerivative(self, x[..., :1, :, :], self.coil_maps(x[..., 1:, :, :]))
 
     def __repr__(self) -> str:
         return f"Nlinv(coils={self.coils}, image={self.ishape[1:]})"
@@ -128,8 +129,8 @@ class _NlinvDerivative(LinearOperator):
 
 @dataclass
 class NlinvResult:
-    """Result of :func:`nlinv`: image ``[H, W]`` (coil-combined scale), normalized coil maps
-    ``[C, H, W]`` (``Σ|c|² = 1`` where the coils are nonzero), and the raw unknowns."""
+    """Result of :func:`nlinv`: image ``[(B,) H, W]`` (coil-combined scale), normalized coil
+    maps ``[(B,) C, H, W]`` (``Σ|c|² = 1`` where the coils are nonzero), and the raw unknowns."""
 
     image: torch.Tensor
     csm: torch.Tensor
@@ -173,9 +174,11 @@ def irgnm(
         alpha = max(alpha0 * q**n, alpha_min)
         dg = _CoilPart(op.derivative(x)) if coils_only else op.derivative(x)
         first = 1 if coils_only else 0  # the unknowns updated: coils only, or image and coils
-        rhs = dg.adjoint(y - op.forward(x)) - alpha * (x[first:] - ref[first:])
+        rhs = dg.adjoint(y - op.forward(x)) - alpha * (
+            x[..., first:, :, :] - ref[..., first:, :, :]
+        )
         dx = conjugate_gradient(_Regularized(dg, alpha), rhs, max_iterations=cg_iterations)
-        x = torch.cat([x[:first], x[first:] + dx])
+        x = torch.cat([x[..., :first, :, :], x[..., first:, :, :] + dx], dim=-3)
         if callback is not None and callback(n, x):
             break
     return x
@@ -210,8 +213,8 @@ class _Regularized(LinearOperator):
 
 def _coils_and_norm(op: NlinvOperator, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Coil maps ``c = W⁻¹ ĉ`` of the unknowns ``x`` and their per-pixel norm ``‖c‖``."""
-    coils = op.coil_maps(x[1:])
-    return coils, coils.abs().pow(2).sum(0).sqrt()
+    coils = op.coil_maps(x[..., 1:, :, :])
+    return coils, coils.abs().pow(2).sum(-3).sqrt()
 
 
 def nlinv(
@@ -239,8 +242,9 @@ def nlinv(
 
     Parameters
     ----------
-    y : k-space ``[C, H, W]`` (zeros where not sampled).
-    mask : bool ``[H, W]``.
+    y : k-space ``[C, H, W]``, or ``[B, C, H, W]`` for a batch of independent planes (zeros
+        where not sampled).
+    mask : bool ``[H, W]`` (shared) or ``[B, H, W]``.
     prior : score prior used in the last ``prior_steps`` Gauss–Newton steps (None: plain ℓ2).
     max_iterations : Gauss–Newton steps.
     prior_steps : how many of the final steps are coil-only steps, each followed by prior
@@ -249,8 +253,8 @@ def nlinv(
     alpha0, q : ``α_n = α_0 qⁿ``.
     cg_iterations : CG iterations per Gauss–Newton step.
     a, b : Sobolev weight ``(1 + a|k|²)^(−b/2)``.
-    noise_std : ``σ_n`` per real component of a k-space sample (data units); needed with a
-        prior (HQS weight ``μ = κ σ_n² / (σ c)²``).
+    noise_std : ``σ_n`` per real component of a k-space sample (data units; scalar or per plane
+        ``[B, 1, 1]``); needed with a prior (HQS weight ``μ = κ σ_n² / (σ c)²``).
     sigma : ``(start, end)`` of the denoiser noise levels over all prior iterations.
     kappa, mu_min, hqs_cg_iterations : as in :func:`~mrprior.recon.pnp.pnp_hqs`.
     data_norm : data are scaled to this ℓ2 norm before the iterations (as BART) and back after.
@@ -260,35 +264,39 @@ def nlinv(
     -------
     :class:`NlinvResult` in data units.
     """
-    if y.ndim != 3 or not y.is_complex():
-        raise ValueError(f"k-space must be complex [C, H, W]: {tuple(y.shape)=}")
+    if y.ndim not in (3, 4) or not y.is_complex():
+        raise ValueError(f"k-space must be complex [(B,) C, H, W]: {tuple(y.shape)=}")
     if prior is not None and noise_std is None:
         raise ValueError("noise_std is needed to weight the prior in NLINV")
     if not 0 <= prior_steps <= max_iterations:
         raise ValueError(f"need 0 <= {prior_steps=} <= {max_iterations=}")
-    op = NlinvOperator(mask.to(y.device), y.shape[0], a=a, b=b)
-    ynorm = float(torch.linalg.vector_norm(y))
-    s = data_norm / max(ynorm, 1e-30)
+    mask = mask.to(y.device)
+    op = NlinvOperator(mask, y.shape[-3], a=a, b=b)
+    ynorm = torch.linalg.vector_norm(y, dim=(-3, -2, -1), keepdim=True)  # per plane
+    s = data_norm / ynorm.real.clamp_min(1e-30)
     ys = (y * s).to(torch.complex64)
-    x0 = torch.zeros(op.ishape, dtype=torch.complex64, device=y.device)
-    x0[0] = 1.0
+    x0 = torch.zeros((*y.shape[:-3], *op.ishape), dtype=torch.complex64, device=y.device)
+    x0[..., 0, :, :] = 1.0
     gn = {"alpha0": alpha0, "q": q, "cg_iterations": cg_iterations, "x_ref": x0}
     n_plain = max_iterations - prior_steps if prior is not None else max_iterations
     x = irgnm(op, ys, x0, max_iterations=n_plain, callback=callback, **gn)
+    s_img = s[..., 0, :, :]  # [(B,) 1, 1]: the data scale on images
     if prior is not None and prior_steps > 0:
         inner = max(int(inner_iterations), 1)
         sigmas = sigma_schedule(float(sigma[0]), float(sigma[1]), prior_steps * inner)
-        sn = float(noise_std or 0.0) * s
+        sn = torch.as_tensor(noise_std, dtype=torch.float32, device=y.device) * s_img
         scale: torch.Tensor | None = None  # c = max|u| at the first prior iteration, then fixed
         for k in range(prior_steps):
             n = n_plain + k
             x = irgnm(op, ys, x, max_iterations=1, start=n, coils_only=True, **gn)
             coils, cn = _coils_and_norm(op, x)
-            keep = cn > 1e-6 * cn.max()
-            u = x[0] * cn
+            keep = cn > 1e-6 * cn.amax(dim=(-2, -1), keepdim=True)
+            u = x[..., 0, :, :] * cn
             if scale is None:
                 scale = max_scale(u)
-            sense = sense_operator(coils / cn.clamp_min(1e-12) * keep, op.mask.bool())
+            sense = plane_operator(
+                coils / cn.clamp_min(1e-12).unsqueeze(-3) * keep.unsqueeze(-3), mask
+            )
             u = pnp_hqs(
                 sense,
                 ys,
@@ -303,10 +311,10 @@ def nlinv(
                 x0=u,
             )
             x = x.clone()
-            x[0] = torch.where(keep, u / cn.clamp_min(1e-12), x[0])
+            x[..., 0, :, :] = torch.where(keep, u / cn.clamp_min(1e-12), x[..., 0, :, :])
             if callback is not None and callback(n, x):
                 break
     coils, cn = _coils_and_norm(op, x)
-    image = x[0] * cn / s
-    csm = coils / cn.clamp_min(1e-12)
+    image = x[..., 0, :, :] * cn / s_img
+    csm = coils / cn.clamp_min(1e-12).unsqueeze(-3)
     return NlinvResult(image=image, csm=csm, x=x)

@@ -44,7 +44,7 @@ def pnp_hqs(
     y: torch.Tensor,
     prior: ScorePrior,
     *,
-    noise_std: float,
+    noise_std: float | torch.Tensor,
     sigma: Sequence[float] = (0.1, 0.005),
     max_iterations: int = 30,
     kappa: float = 1.0,
@@ -62,7 +62,8 @@ def pnp_hqs(
     op : forward operator ``A`` (SENSE), image ``[..., H, W]`` -> k-space.
     y : measured k-space (``op.oshape``, optional leading batch dims).
     prior : any :class:`~mrprior.priors.base.ScorePrior`.
-    noise_std : ``σ_n``, noise std per real component of a k-space sample (prewhitened data).
+    noise_std : ``σ_n``, noise std per real component of a k-space sample (prewhitened data);
+        a scalar or one value per image of a batch (shaped ``[B, 1, 1]``).
     sigma : ``(start, end)`` of the geometric schedule of the denoiser's noise level (in units of
         the image scaled to ``max|x| = 1``).
     max_iterations : outer HQS iterations (= number of noise levels).
@@ -82,11 +83,15 @@ def pnp_hqs(
     """
     if max_iterations < 1:
         raise ValueError(f"{max_iterations=} must be >= 1")
-    if noise_std < 0:
+    sn = torch.as_tensor(noise_std, dtype=torch.float32, device=y.device)
+    if bool((sn < 0).any()):
         raise ValueError(f"{noise_std=} must be >= 0")
     sigmas = sigma_schedule(float(sigma[0]), float(sigma[1]), max_iterations)
     rhs0 = op.adjoint(y)
-    x_cg = conjugate_gradient(normal_operator(op), rhs0, max_iterations=cg_iterations)
+    batch_ndim = rhs0.ndim - len(op.ishape)  # each image of a batch is its own system
+    x_cg = conjugate_gradient(
+        normal_operator(op), rhs0, max_iterations=cg_iterations, batch_ndim=batch_ndim
+    )
     if support is not None:
         x_cg = x_cg * support
     c = max_scale(x_cg) if scale is None else torch.as_tensor(scale, device=y.device)
@@ -97,7 +102,7 @@ def pnp_hqs(
         z = prior_denoise(prior, x / c, s) * c
         if support is not None:
             z = z * support
-        mu = (kappa * noise_std**2 / (s * c) ** 2).clamp_min(mu_min)
+        mu = (kappa * sn**2 / (s * c) ** 2).clamp_min(mu_min)
         x = conjugate_gradient(
             regularized_normal(op, mu), rhs0 + mu * z, x0=z, max_iterations=cg_iterations
         )

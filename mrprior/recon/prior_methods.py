@@ -28,13 +28,21 @@ import yaml
 
 from mrprior.config import from_dict
 from mrprior.errors import ConfigError
-from mrprior.mr.sense import sense_operator
 from mrprior.priors.base import ScorePrior
-from mrprior.recon.cg import conjugate_gradient
+from mrprior.recon.baselines import zero_filled
+from mrprior.recon.cg import conjugate_gradient, normal_operator
 from mrprior.recon.langevin import annealed_langevin
 from mrprior.recon.nlinv import nlinv
+from mrprior.recon.planes import (
+    coil_support,
+    per_plane,
+    plane_operator,
+    scatter_planes,
+    signal_planes,
+    zero_filled_noise_std,
+)
 from mrprior.recon.pnp import pnp_hqs
-from mrprior.recon.prior_pics import coil_support, prior_fista
+from mrprior.recon.prior_pics import max_scale, prior_fista
 from mrprior.recon.problem import ReconProblem, ReconResult, register_method
 
 logger = logging.getLogger(__name__)
@@ -211,15 +219,61 @@ def estimate_noise_std(kspace: torch.Tensor, mask: torch.Tensor, border: float =
     return float(math.sqrt(2.0) * 1.4826 * parts.median())
 
 
-def _noise_std(problem: ReconProblem, override: float | None) -> float:
-    """Noise std per complex sample: the setting, else the problem's, else estimated."""
+def _noise_std(problem: ReconProblem, override: float | None) -> torch.Tensor:
+    """Noise std per complex sample, per plane ``[B]``: the setting, else the problem's, else
+    estimated from each plane's outer k-space."""
+    b = problem.num_planes
     if override is not None:
-        return float(override)
+        return per_plane(float(override), b, problem.device)
     if problem.noise_std is not None:
-        return float(problem.noise_std)
-    est = estimate_noise_std(problem.kspace, problem.mask)
-    logger.info("noise std estimated from the outer k-space: %.3g", est)
-    return est
+        return per_plane(float(problem.noise_std), b, problem.device)
+    est = [estimate_noise_std(k, m) for k, m in zip(problem.kspace, problem.mask, strict=True)]
+    logger.info("noise std estimated from the outer k-space: %s", [f"{e:.3g}" for e in est])
+    return per_plane(torch.tensor(est), b, problem.device)
+
+
+@dataclass
+class _Planes:
+    """The planes of a batched problem that hold signal, and the cheap result for the rest."""
+
+    active: torch.Tensor  # bool [B]
+    problem: ReconProblem  # the active planes only
+    noise_all: torch.Tensor  # [B] per complex sample
+    fill: torch.Tensor  # [B, H, W] zero-filled images (kept for noise-only planes)
+
+    @property
+    def noise_std(self) -> torch.Tensor:
+        """``[A]`` noise std of the active planes."""
+        return self.noise_all[self.active]
+
+    @property
+    def skipped(self) -> int:
+        return int((~self.active).sum())
+
+    def scatter(self, computed: torch.Tensor) -> torch.Tensor:
+        return scatter_planes(self.active, computed, self.fill)
+
+
+def _signal_planes(
+    problem: ReconProblem, noise_std: torch.Tensor, combine: str = "sense"
+) -> _Planes:
+    """Split off the planes whose k-space is at noise level (:func:`signal_planes`): they are
+    not reconstructed and keep their zero-filled image (``Aᴴy``, or the root-sum-of-squares
+    image for calibration-free methods)."""
+    active = signal_planes(problem.kspace, problem.mask, noise_std)
+    fill = zero_filled(problem, combine)
+    if not bool(active.all()):
+        logger.info(
+            "%d of %d planes hold only noise: zero-filled", int((~active).sum()), len(active)
+        )
+    sub = ReconProblem(
+        problem.kspace[active],
+        problem.mask[active],
+        None if problem.csm is None else problem.csm[active],
+        problem.noise_std,
+        None if problem.calib is None else problem.calib[active],
+    )
+    return _Planes(active, sub, noise_std, fill)
 
 
 def _require_csm(problem: ReconProblem, method: str) -> torch.Tensor:
@@ -229,129 +283,164 @@ def _require_csm(problem: ReconProblem, method: str) -> torch.Tensor:
 
 
 # -- methods -----------------------------------------------------------------------------------
-@register_method("prior-pics")
+def _per_image(t: torch.Tensor) -> torch.Tensor:
+    """``[B]`` -> ``[B, 1, 1]`` (broadcasts over images ``[B, H, W]``)."""
+    return t.reshape(-1, 1, 1)
+
+
+@register_method("prior-pics", batched=True)
 def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     """Linear prior-regularized SENSE reconstruction: plug-and-play HQS (default) or the
-    published FISTA with a prior gradient step (``solver: fista``)."""
+    published FISTA with a prior gradient step (``solver: fista``). All planes of a batch go
+    through the network together; each plane is scaled to ``max|x| = 1`` on its own."""
     s = parse_settings("prior-pics", settings)
     t0 = time.perf_counter()
-    csm = _require_csm(problem, "prior-pics")
-    prior = resolve_prior(s.prior, problem.device)
-    op = sense_operator(csm, problem.mask)
-    support = coil_support(csm) if s.support else None
-    sn = _noise_std(problem, s.noise_std)
-    if s.solver == "hqs":
-        x = pnp_hqs(
-            op,
-            problem.kspace,
-            prior,
-            noise_std=sn / math.sqrt(2.0),
-            sigma=(s.sigma_start, s.sigma_end),
-            max_iterations=s.iterations,
-            kappa=s.kappa,
-            mu_min=s.mu_min,
-            cg_iterations=s.cg_iterations,
-            support=support,
-        )
-    else:
-        x = prior_fista(
-            op,
-            problem.kspace,
-            prior,
-            lam=s.lam,
-            sigma=(s.sigma_start, s.sigma_end),
-            max_iterations=s.iterations,
-            support=support,
-        )
+    _require_csm(problem, "prior-pics")
+    planes = _signal_planes(problem, _noise_std(problem, s.noise_std))
+    x = planes.fill
+    if planes.problem.num_planes:
+        p = planes.problem
+        prior = resolve_prior(s.prior, problem.device)
+        op = plane_operator(p.csm, p.mask)
+        support = coil_support(p.csm) if s.support else None
+        if s.solver == "hqs":
+            xa = pnp_hqs(
+                op,
+                p.kspace,
+                prior,
+                noise_std=_per_image(planes.noise_std) / math.sqrt(2.0),
+                sigma=(s.sigma_start, s.sigma_end),
+                max_iterations=s.iterations,
+                kappa=s.kappa,
+                mu_min=s.mu_min,
+                cg_iterations=s.cg_iterations,
+                support=support,
+            )
+        else:
+            xa = prior_fista(
+                op,
+                p.kspace,
+                prior,
+                lam=s.lam,
+                sigma=(s.sigma_start, s.sigma_end),
+                max_iterations=s.iterations,
+                support=support,
+            )
+        x = planes.scatter(xa)
     return ReconResult(
         image=x,
         info={
             "solver": s.solver,
             "iterations": s.iterations,
-            "noise_std": sn,
+            "noise_std": _noise_list(planes),
+            "planes_skipped": planes.skipped,
             "seconds": time.perf_counter() - t0,
         },
     )
 
 
-@register_method("prior-sample")
+def _noise_list(planes: _Planes) -> list[float]:
+    """The per-plane noise std (all planes) as a list for ``info``."""
+    return [float(v) for v in planes.noise_all.cpu()]
+
+
+@register_method("prior-sample", batched=True)
 def prior_sample_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     """Posterior sampling (annealed Langevin, predictor–corrector): the posterior mean as the
-    image and the per-pixel posterior std as ``extras["uncertainty"]``."""
+    image and the per-pixel posterior std as ``extras["uncertainty"]``. Noise-only planes keep
+    their zero-filled image, with the std of its noise as the uncertainty."""
     s = parse_settings("prior-sample", settings)
     t0 = time.perf_counter()
     csm = _require_csm(problem, "prior-sample")
-    prior = resolve_prior(s.prior, problem.device)
-    op = sense_operator(csm, problem.mask)
-    support = coil_support(csm) if s.support else None
-    sn = _noise_std(problem, s.noise_std)
-    # image scale: max of a short CG-SENSE solution
-    x_cg = conjugate_gradient(op.gram, op.adjoint(problem.kspace), max_iterations=10)
-    if support is not None:
-        x_cg = x_cg * support
-    scale = float(x_cg.abs().max().clamp_min(1e-12))
-    res = annealed_langevin(
-        op,
-        problem.kspace,
-        prior,
-        noise_std=sn / math.sqrt(2.0),
-        scale=scale,
-        num_samples=s.num_samples,
-        batch_size=s.batch_size,
-        sigma=(s.sigma_start, s.sigma_end),
-        levels=s.levels,
-        corrector_steps=s.corrector_steps,
-        epsilon=s.epsilon,
-        predictor=s.predictor,
-        support=support,
-        seed=s.seed,
-    )
+    planes = _signal_planes(problem, _noise_std(problem, s.noise_std))
+    mean = planes.fill
+    std = zero_filled_noise_std(csm, problem.mask, planes.noise_all)
+    scale: list[float] = []
+    if planes.problem.num_planes:
+        p = planes.problem
+        prior = resolve_prior(s.prior, problem.device)
+        op = plane_operator(p.csm, p.mask)
+        support = coil_support(p.csm) if s.support else None
+        # image scale per plane: max of a short CG-SENSE solution
+        x_cg = conjugate_gradient(
+            normal_operator(op), op.adjoint(p.kspace), max_iterations=10, batch_ndim=1
+        )
+        if support is not None:
+            x_cg = x_cg * support
+        c = max_scale(x_cg)
+        scale = [float(v) for v in c.flatten()]
+        res = annealed_langevin(
+            op,
+            p.kspace,
+            prior,
+            noise_std=_per_image(planes.noise_std) / math.sqrt(2.0),
+            scale=c,
+            num_samples=s.num_samples,
+            batch_size=s.batch_size,
+            sigma=(s.sigma_start, s.sigma_end),
+            levels=s.levels,
+            corrector_steps=s.corrector_steps,
+            epsilon=s.epsilon,
+            predictor=s.predictor,
+            support=support,
+            seed=s.seed,
+        )
+        mean = planes.scatter(res.mean)
+        std = scatter_planes(planes.active, res.std, std)
     return ReconResult(
-        image=res.mean,
-        extras={"uncertainty": res.std},
+        image=mean,
+        extras={"uncertainty": std},
         info={
             "num_samples": s.num_samples,
             "levels": s.levels,
-            "noise_std": sn,
+            "noise_std": _noise_list(planes),
             "scale": scale,
+            "planes_skipped": planes.skipped,
             "seconds": time.perf_counter() - t0,
         },
     )
 
 
-@register_method("prior-nlinv", needs_csm=False)
+@register_method("prior-nlinv", needs_csm=False, batched=True)
 def prior_nlinv_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     """Calibration-free NLINV with the prior on the image in the final Gauss–Newton steps;
-    the estimated coil maps are returned as ``extras["csm"]``."""
+    the estimated coil maps are returned as ``extras["csm"]`` (zero for noise-only planes)."""
     s = parse_settings("prior-nlinv", settings)
     t0 = time.perf_counter()
-    prior = resolve_prior(s.prior, problem.device) if s.prior_steps > 0 else None
-    sn = _noise_std(problem, s.noise_std)
-    res = nlinv(
-        problem.kspace,
-        problem.mask,
-        prior,
-        max_iterations=s.iterations,
-        prior_steps=s.prior_steps,
-        inner_iterations=s.inner_iterations,
-        alpha0=s.alpha0,
-        q=s.q,
-        cg_iterations=s.cg_iterations,
-        a=s.sobolev_a,
-        b=s.sobolev_b,
-        noise_std=sn / math.sqrt(2.0),
-        sigma=(s.sigma_start, s.sigma_end),
-        kappa=s.kappa,
-        mu_min=s.mu_min,
-        hqs_cg_iterations=s.hqs_cg_iterations,
-    )
+    planes = _signal_planes(problem, _noise_std(problem, s.noise_std), combine="rss")
+    image = planes.fill
+    csm = torch.zeros_like(problem.kspace)
+    if planes.problem.num_planes:
+        p = planes.problem
+        prior = resolve_prior(s.prior, problem.device) if s.prior_steps > 0 else None
+        res = nlinv(
+            p.kspace,
+            p.mask,
+            prior,
+            max_iterations=s.iterations,
+            prior_steps=s.prior_steps,
+            inner_iterations=s.inner_iterations,
+            alpha0=s.alpha0,
+            q=s.q,
+            cg_iterations=s.cg_iterations,
+            a=s.sobolev_a,
+            b=s.sobolev_b,
+            noise_std=_per_image(planes.noise_std) / math.sqrt(2.0),
+            sigma=(s.sigma_start, s.sigma_end),
+            kappa=s.kappa,
+            mu_min=s.mu_min,
+            hqs_cg_iterations=s.hqs_cg_iterations,
+        )
+        image = planes.scatter(res.image)
+        csm = scatter_planes(planes.active, res.csm, csm)
     return ReconResult(
-        image=res.image,
-        extras={"csm": res.csm},
+        image=image,
+        extras={"csm": csm},
         info={
             "iterations": s.iterations,
             "prior_steps": s.prior_steps,
-            "noise_std": sn,
+            "noise_std": _noise_list(planes),
+            "planes_skipped": planes.skipped,
             "seconds": time.perf_counter() - t0,
         },
     )

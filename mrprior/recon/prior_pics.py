@@ -29,8 +29,20 @@ import torch
 
 from mrprior.mr.linop import LinearOperator, power_iteration
 from mrprior.priors.base import ScorePrior
+from mrprior.recon.planes import coil_support
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "coil_support",
+    "data_residual",
+    "lipschitz",
+    "max_scale",
+    "prior_denoise",
+    "prior_fista",
+    "scaled_denoise",
+    "sigma_schedule",
+]
 
 #: callback(iteration, x) -> True stops the solver
 Callback = Callable[[int, torch.Tensor], bool | None]
@@ -57,20 +69,42 @@ def _crop(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
     return x[..., top : h - bottom, left : w - right]
 
 
-def prior_denoise(prior: ScorePrior, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-    """``D(x, σ)`` for complex ``x [B, H, W]`` or ``[H, W]`` already scaled to ``max|x| ≈ 1``.
+#: pixels per network call (images are sent in chunks of at most this many pixels in total)
+PIXELS_PER_CALL = 16 * 256 * 256
 
-    Pads to ``prior.size_multiple`` and crops back, so any matrix size works.
+
+def prior_denoise(
+    prior: ScorePrior,
+    x: torch.Tensor,
+    sigma: float | torch.Tensor,
+    pixels_per_call: int | None = None,
+) -> torch.Tensor:
+    """``D(x, σ)`` for complex ``x [..., H, W]`` already scaled to ``max|x| ≈ 1``.
+
+    All leading dims (planes, samples) are flattened into one network batch, sent in chunks of
+    at most ``pixels_per_call`` pixels (default :data:`PIXELS_PER_CALL`). Pads to
+    ``prior.size_multiple`` and crops back, so any matrix size works. ``sigma`` is a scalar or
+    one value per image (``x.shape[:-2]``).
     """
-    single = x.ndim == 2
-    xb = x.unsqueeze(0) if single else x
-    if xb.ndim != 3 or not xb.is_complex():
-        raise ValueError(f"prior input must be complex [B, H, W]: {tuple(x.shape)=}")
+    if x.ndim < 2 or not x.is_complex():
+        raise ValueError(f"prior input must be complex [..., H, W]: {tuple(x.shape)=}")
+    lead, (h, w) = x.shape[:-2], x.shape[-2:]
+    xb = x.reshape(-1, h, w)
+    n = xb.shape[0]
+    sig = torch.as_tensor(sigma, dtype=torch.float32)
+    if sig.numel() > 1:
+        sig = sig.reshape(-1)
+        if sig.numel() != n:
+            raise ValueError(f"sigma: one value or one per image ({n}), got {sig.numel()}")
     xp, pads = _pad_to_multiple(xb, max(1, int(getattr(prior, "size_multiple", 1))))
+    per_call = max(1, (pixels_per_call or PIXELS_PER_CALL) // (xp.shape[-2] * xp.shape[-1]))
+    out = []
     with torch.no_grad():
-        d = prior.denoise(xp.to(torch.complex64), sigma)
-    d = _crop(d, pads).to(x.dtype)
-    return d[0] if single else d
+        for i in range(0, n, per_call):
+            si = sig[i : i + per_call] if sig.numel() > 1 else sigma
+            out.append(prior.denoise(xp[i : i + per_call].to(torch.complex64), si))
+    d = _crop(torch.cat(out) if len(out) > 1 else out[0], pads).to(x.dtype)
+    return d.reshape(*lead, h, w)
 
 
 def max_scale(x: torch.Tensor) -> torch.Tensor:
@@ -90,13 +124,6 @@ def scaled_denoise(
     xs = x / c
     d = prior_denoise(prior, xs, sigma)
     return (xs + relax * (d - xs)) * c
-
-
-def coil_support(csm: torch.Tensor | None, threshold: float = 1e-6) -> torch.Tensor | None:
-    """Boolean ``[H, W]`` support of coil maps ``[C, H, W]``: where ``Σ|S_c|² > threshold``."""
-    if csm is None:
-        return None
-    return (csm.abs() ** 2).sum(dim=0) > threshold
 
 
 def sigma_schedule(start: float, end: float, n: int) -> list[float]:

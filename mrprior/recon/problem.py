@@ -1,4 +1,5 @@
-"""The problem handed to every reconstruction method, and the registry of methods.
+"""The problem handed to every reconstruction method (one 2D plane or a batch of planes), and
+the registry of methods.
 
 A method is a function ``(problem, settings) -> ReconResult`` registered under a name with
 :func:`register_method`. The pipeline (and thus CLI, gadget, server, benchmarks) looks methods up
@@ -7,6 +8,7 @@ by name; methods know nothing about ISMRMRD.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,16 +20,23 @@ from mrprior.errors import ConfigError
 
 @dataclass
 class ReconProblem:
-    """One 2D slice to reconstruct, already prewhitened and on its torch device.
+    """One 2D plane, or a batch of independent 2D planes, to reconstruct, already prewhitened
+    and on its torch device.
+
+    A batch is a multi-slice 2D exam or a 3D volume after the inverse FFT along the readout
+    (one ``(ky, kz)`` plane per readout position). Every registered method takes either form
+    and returns the same form.
 
     Attributes
     ----------
-    kspace : complex64 ``[C, ky, kx]``; unsampled positions are zero.
-    mask : bool ``[ky, kx]``: True where k-space was acquired.
-    csm : complex64 ``[C, ky, kx]`` coil maps (``sum_c |S_c|² = 1`` in the support) or None for
-        calibration-free methods (NLINV).
-    noise_std : standard deviation of the (white) noise per k-space sample, when known.
-    calib : bool ``[ky, kx]`` calibration region, when known.
+    kspace : complex64 ``[C, ky, kx]`` (one plane) or ``[B, C, ky, kx]`` (a batch); unsampled
+        positions are zero.
+    mask : bool ``[ky, kx]`` (shared) or ``[B, ky, kx]``: True where k-space was acquired.
+    csm : complex64 coil maps shaped like ``kspace`` (``sum_c |S_c|² = 1`` in the support), one
+        ``[C, ky, kx]`` set shared by a batch, or None for calibration-free methods (NLINV).
+    noise_std : standard deviation of the (white) noise per complex k-space sample, when known
+        (one value for all planes).
+    calib : bool calibration region shaped like ``mask``, when known.
     """
 
     kspace: torch.Tensor
@@ -37,29 +46,85 @@ class ReconProblem:
     calib: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.kspace.ndim != 3 or not self.kspace.is_complex():
-            raise ValueError(f"kspace must be complex [C, ky, kx]: {tuple(self.kspace.shape)=}")
-        if tuple(self.mask.shape) != tuple(self.kspace.shape[1:]):
-            raise ValueError(f"{tuple(self.mask.shape)=} != {tuple(self.kspace.shape[1:])=}")
-        if self.csm is not None and tuple(self.csm.shape) != tuple(self.kspace.shape):
-            raise ValueError(f"{tuple(self.csm.shape)=} != {tuple(self.kspace.shape)=}")
+        k = self.kspace
+        if k.ndim not in (3, 4) or not k.is_complex():
+            raise ValueError(
+                f"kspace must be complex [C, ky, kx] or [B, C, ky, kx]: {tuple(k.shape)=}"
+            )
+        plane = tuple(k.shape[-2:])
+        masks = (plane, (k.shape[0], *plane)) if k.ndim == 4 else (plane,)
+        for name in ("mask", "calib"):
+            m = getattr(self, name)
+            if m is not None and tuple(m.shape) not in masks:
+                raise ValueError(f"{name} must be one of {masks}: {tuple(m.shape)=}")
+        if self.csm is not None and tuple(self.csm.shape) not in (
+            tuple(k.shape),
+            tuple(k.shape[-3:]),
+        ):
+            raise ValueError(f"{tuple(self.csm.shape)=} does not fit {tuple(self.kspace.shape)=}")
+        if self.noise_std is not None and not float(self.noise_std) >= 0:
+            raise ValueError(f"noise_std must be a number >= 0: {self.noise_std!r}")
 
     @property
     def device(self) -> torch.device:
         return self.kspace.device
 
+    @property
+    def batched(self) -> bool:
+        """True when ``kspace`` has a leading plane axis."""
+        return self.kspace.ndim == 4
+
+    @property
+    def num_planes(self) -> int:
+        return int(self.kspace.shape[0]) if self.batched else 1
+
+    def as_batch(self) -> ReconProblem:
+        """The same problem with an explicit plane axis on every field: kspace and csm
+        ``[B, C, ky, kx]``, mask and calib ``[B, ky, kx]`` (expanded views, no copies)."""
+        k = self.kspace if self.batched else self.kspace[None]
+        b = k.shape[0]
+        plane = tuple(k.shape[-2:])
+
+        def masks(m: torch.Tensor | None) -> torch.Tensor | None:
+            return None if m is None else (m if m.ndim == 3 else m[None]).expand(b, *plane)
+
+        csm = None
+        if self.csm is not None:
+            csm = (self.csm if self.csm.ndim == 4 else self.csm[None]).expand(b, *k.shape[1:])
+        return ReconProblem(k, masks(self.mask), csm, self.noise_std, masks(self.calib))
+
+    def plane(self, i: int) -> ReconProblem:
+        """Plane ``i`` of a batch as an unbatched problem."""
+        p = self.as_batch()
+        return ReconProblem(
+            p.kspace[i],
+            p.mask[i],
+            None if p.csm is None else p.csm[i],
+            p.noise_std,
+            None if p.calib is None else p.calib[i],
+        )
+
 
 @dataclass
 class ReconResult:
-    """A reconstructed complex image ``[ky, kx]`` plus optional extra maps (same shape).
+    """A reconstructed complex image ``[ky, kx]`` (or ``[B, ky, kx]`` for a batch of planes)
+    plus optional extra maps with the same leading shape.
 
-    ``extras`` may hold e.g. ``"uncertainty"`` (per-pixel posterior std) or ``"csm"``
-    (estimated coil maps ``[C, ky, kx]``); ``info`` holds scalars (iterations, λ, timings).
+    ``extras`` may hold e.g. ``"uncertainty"`` (per-pixel posterior std ``[(B,) ky, kx]``) or
+    ``"csm"`` (estimated coil maps ``[(B,) C, ky, kx]``); ``info`` holds scalars (iterations,
+    λ, timings) and per-plane lists.
     """
 
     image: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+
+    def unbatch(self) -> ReconResult:
+        """The single plane of a one-plane batch result (drops the plane axis)."""
+        if self.image.ndim != 3 or self.image.shape[0] != 1:
+            raise ValueError(f"not a one-plane batch: {tuple(self.image.shape)=}")
+        info = {k: v[0] if isinstance(v, list) and len(v) == 1 else v for k, v in self.info.items()}
+        return ReconResult(self.image[0], {k: v[0] for k, v in self.extras.items()}, info)
 
 
 MethodFn = Callable[[ReconProblem, dict[str, Any]], ReconResult]
@@ -67,17 +132,44 @@ _METHODS: dict[str, MethodFn] = {}
 _NEEDS_CSM: dict[str, bool] = {}
 
 
-def register_method(name: str, needs_csm: bool = True) -> Callable[[MethodFn], MethodFn]:
-    """Decorator: register a reconstruction method under ``name``."""
+def register_method(
+    name: str, needs_csm: bool = True, batched: bool = False
+) -> Callable[[MethodFn], MethodFn]:
+    """Decorator: register a reconstruction method under ``name``.
+
+    The registered function accepts one plane or a batch of planes and returns the caller's
+    form. With ``batched=True`` the method itself always receives a batch
+    (:meth:`ReconProblem.as_batch`) and returns batched results (the built-in methods, which
+    push all planes through their solver and network together); with ``batched=False`` it sees
+    one plane at a time and a batch is reconstructed plane by plane (results stacked, ``info``
+    values gathered into per-plane lists).
+    """
 
     def deco(fn: MethodFn) -> MethodFn:
-        if name in _METHODS and _METHODS[name] is not fn:
+        if name in _METHODS and getattr(_METHODS[name], "__wrapped__", None) is not fn:
             raise ValueError(f"method {name!r} registered twice")
-        _METHODS[name] = fn
+
+        @functools.wraps(fn)
+        def run(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
+            if batched:
+                result = fn(problem.as_batch(), settings)
+                return result if problem.batched else result.unbatch()
+            if not problem.batched:
+                return fn(problem, settings)
+            return _stack([fn(problem.plane(i), settings) for i in range(problem.num_planes)])
+
+        _METHODS[name] = run
         _NEEDS_CSM[name] = needs_csm
-        return fn
+        return run
 
     return deco
+
+
+def _stack(results: list[ReconResult]) -> ReconResult:
+    """One batched result from per-plane results."""
+    extras = {k: torch.stack([r.extras[k] for r in results]) for k in results[0].extras}
+    info = {k: [r.info.get(k) for r in results] for k in results[0].info}
+    return ReconResult(torch.stack([r.image for r in results]), extras, info)
 
 
 def get_method(name: str) -> MethodFn:

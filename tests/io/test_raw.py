@@ -8,7 +8,14 @@ import pytest
 
 from mrprior.errors import DataError, HeaderError
 from mrprior.io.containers import EncodingInfo, Indices
-from mrprior.io.raw import AcquisitionBuffer, iter_acquisitions, parse_header, read_header, read_raw
+from mrprior.io.raw import (
+    AcquisitionBuffer,
+    iter_acquisitions,
+    iter_kspace,
+    parse_header,
+    read_header,
+    read_raw,
+)
 from tests.fixtures import rewrite_raw, shepp_logan  # noqa: F401
 
 pytestmark = pytest.mark.ismrmrd_tools
@@ -182,8 +189,13 @@ def test_nan_in_kspace(raw, tmp_path):
         return rows
 
     p = rewrite_raw(raw, tmp_path / "nan.h5", edit_rows=poison)
-    with pytest.raises(DataError, match=r"acquisition 10 .* NaN/Inf"):
+    with pytest.raises(DataError, match=r"nan.h5: slice 0: acquisition 10 .* NaN/Inf"):
         read_raw(p)
+    # the other groups are read before the error is raised
+    good = []
+    with pytest.raises(DataError, match="NaN/Inf"):
+        good.extend(iter_kspace(p))
+    assert [g.indices.repetition for g in good] == [1, 2, 3]
 
 
 def test_missing_encoding(raw, tmp_path):
@@ -206,32 +218,55 @@ def test_missing_recon_space(raw, tmp_path):
         read_raw(p)
 
 
-def test_inconsistent_coils(raw):
+def _fails_its_group_only(raw, index: int, bad: ismrmrd.Acquisition, match: str) -> None:
+    """Replace acquisition ``index`` by ``bad``: its group fails with ``match``, every other
+    group is still emitted, and ``raise_errors`` reports the failure at the end."""
     buf = AcquisitionBuffer(read_header(raw))
     acqs = list(iter_acquisitions(raw))
-    buf.add(acqs[1])
-    bad = ismrmrd.Acquisition(acqs[2].getHead())
+    acqs[index] = bad
+    emitted = []
+    for acq in acqs:
+        emitted += buf.add(acq)
+    emitted += buf.flush()
+    failed = Indices.from_acquisition(bad)
+    assert [g.indices.repetition for g in emitted] == [
+        r for r in range(4) if r != failed.repetition
+    ]
+    assert len(buf.errors) == 1
+    assert str(buf.errors[0]).startswith(failed.label() + ":")
+    with pytest.raises(DataError, match=match):
+        buf.raise_errors()
+
+
+def test_inconsistent_coils(raw):
+    acq = list(iter_acquisitions(raw))[2]
+    bad = ismrmrd.Acquisition(acq.getHead())
     bad.resize(number_of_samples=128, active_channels=3)
-    with pytest.raises(DataError, match=r"inconsistent coil count.*3 channels.*4"):
-        buf.add(bad)
+    _fails_its_group_only(raw, 2, bad, r"inconsistent coil count.*3 channels.*4")
 
 
 def test_line_outside_limits(raw):
-    buf = AcquisitionBuffer(read_header(raw))
-    acq = list(iter_acquisitions(raw))[3]
+    acq = list(iter_acquisitions(raw))[40]
     acq.idx.kspace_encode_step_1 = 70
-    with pytest.raises(DataError, match="kspace_encoding_step_1 = 70 outside the encoding limits"):
-        buf.add(acq)
+    _fails_its_group_only(
+        raw, 40, acq, "line kspace_encoding_step_1 = 70 outside the encoding limits"
+    )
+
+
+def test_partition_in_a_2d_encoding(raw):
+    acq = list(iter_acquisitions(raw))[3]
+    acq.idx.kspace_encode_step_2 = 2
+    _fails_its_group_only(
+        raw, 3, acq, r"partition kspace_encode_step_2 = 2 does not fit the encoded matrix \(z = 1"
+    )
 
 
 def test_readout_longer_than_header(raw):
-    buf = AcquisitionBuffer(read_header(raw))
     acq = list(iter_acquisitions(raw))[3]
     long = ismrmrd.Acquisition(acq.getHead())
     long.resize(number_of_samples=256, active_channels=4)
     long.center_sample = 128
-    with pytest.raises(DataError, match=r"256 readout samples .* encoded matrix x = 128"):
-        buf.add(long)
+    _fails_its_group_only(raw, 3, long, r"256 readout samples .* encoded matrix x = 128")
 
 
 def test_skipped_scans_ignored(raw):

@@ -238,7 +238,7 @@ CORPUS = [
     Case("acquisition-before-header", _acquisition_before_header, "expected HEADER"),
     Case("inconsistent-coils", _inconsistent_coils, "inconsistent coil count"),
     Case("non-cartesian", _non_cartesian, "only Cartesian"),
-    Case("nan-data", _nan_after_a_slice, "NaN", images=1),
+    Case("nan-data", _nan_after_a_slice, "NaN", images=3),  # the other repetitions arrive
     Case("failing-recon-method", _failing_recon, "no-such-method"),
     Case("failing-recon-settings", _failing_recon_settings, "no_such_knob"),
     Case("oversized-length-field", _oversized_length, "oversized TEXT payload"),
