@@ -375,3 +375,20 @@ def test_coil_maps_zero_everywhere_is_a_clear_error(calib3d):
     _, groups = read_raw(calib3d.path)
     with pytest.raises(DataError, match="coil maps are zero everywhere"):
         reconstruct(groups[0], _cfg("sense", calib_size=8, kernel_size=6))
+
+
+def test_slab_oversampling_is_cropped_around_the_slab_centre(full3d, tmp_path):
+    """Encoded 16 partitions over 64 mm, recon space 12 partitions over 48 mm (slab
+    oversampling): the central 12 partitions come back, 4 mm apart, centred on the slab."""
+    xml = full3d.header_xml
+    recon = xml.index("<reconSpace>")
+    tail = xml[recon:].replace("<z>16</z>", "<z>12</z>", 1).replace("<z>64.0</z>", "<z>48.0</z>", 1)
+    xml = xml[:recon] + tail
+    path = write_acquisitions(tmp_path / "slab.h5", xml, full3d.acqs)
+    cfg = _cfg()
+    images = reconstruct_file(path, cfg, progress=False)
+    assert len(images) == 12
+    np.testing.assert_allclose([im.field_of_view[2] for im in images], 4.0)
+    np.testing.assert_allclose(images[0].position, _expected_positions(12, 4.0)[0], atol=1e-4)
+    vol = np.stack([np.asarray(im.data)[0, 0] for im in images])
+    assert _nrmse(vol, np.abs(full3d.volume)[2:14]) < 0.03
