@@ -798,8 +798,9 @@ def _make_image(
     meta["ImageProcessingHistory"] = history
     meta["ImageComment"] = f"{role} {series.method}"
     meta["SequenceDescriptionAdditional"] = series.method
-    if series.is_volume:
-        meta["Keep_image_geometry"] = 1
+    meta["Keep_image_geometry"] = "1"  # scanners: keep the header's geometry as sent
+    meta["ImageRowDir"] = [f"{float(v):.18f}" for v in img.read_dir]
+    meta["ImageColumnDir"] = [f"{float(v):.18f}" for v in img.phase_dir]
     img.meta = meta
     return img
 
@@ -837,8 +838,8 @@ def images_from_series(
     Directions, table position, time stamps and counters are copied from the reference
     acquisition; ``field_of_view`` is the recon space FOV in x and y and the slice thickness in
     z; meta attributes: DataRole, WindowCenter, WindowWidth (one window per series, over the
-    whole volume), ImageProcessingHistory, ImageComment, SequenceDescriptionAdditional, and
-    ``Keep_image_geometry`` for volumes.
+    whole volume), ImageProcessingHistory, ImageComment, SequenceDescriptionAdditional,
+    ``Keep_image_geometry``, ImageRowDir / ImageColumnDir.
 
     Magnitude images are float32, or uint16 scaled so the maximum of the slice or volume is
     ``uint16_max``. Phase is float32 radians in [-π, π], or uint16 mapping [-π, π] to
