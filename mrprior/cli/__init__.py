@@ -15,7 +15,7 @@ import sys
 from mrprior.errors import MRPriorError
 
 # sub-command modules, in the order they appear in --help
-COMMANDS = ("recon", "prepare", "train", "bench", "serve", "replay", "demo")
+COMMANDS = ("recon", "prepare", "data", "train", "bench", "serve", "replay", "demo")
 
 logger = logging.getLogger("mrprior")
 

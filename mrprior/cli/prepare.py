@@ -30,6 +30,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype", choices=["uint16", "float32"], help="stored pixel type (default uint16)"
     )
+    p.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a registry source (`mrprior data list`), fetched if needed; repeatable",
+    )
+    p.add_argument(
+        "--role",
+        choices=["train", "eval"],
+        help="add every registry source of this role (eval: evaluation datasets only)",
+    )
+    p.add_argument("--cache", metavar="DIR", help="cache of registry sources")
     p.add_argument("--subject", help="subject id for all SRC given on the command line")
     p.add_argument("--licence", help="licence recorded for the SRC given on the command line")
     p.add_argument("--h5-key", help="HDF5 dataset name (default reconstruction_rss)")
@@ -65,9 +78,17 @@ def run(args: argparse.Namespace) -> int:
         ("val_subjects", args.val_subjects),
         ("seed", args.seed),
         ("dtype", args.dtype),
+        ("cache", args.cache),
     ):
         if val is not None:
             data[key] = val
+    names = list(args.source)
+    if args.role:
+        from mrprior.priors.sources import sources
+
+        names += [s.name for s in sources(role=args.role) if s.name not in names]
+    for name in names:
+        data["sources"].append(to_dict(SourceSpec(source=name)))
     for src in args.sources:
         data["sources"].append(
             to_dict(
@@ -76,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
         )
     cfg = from_dict(PrepareConfig, data)
     if not cfg.sources:
-        raise ConfigError("no sources: give SRC paths or a --config with 'sources'")
+        raise ConfigError(
+            "no sources: give SRC paths, --source/--role, or a --config with 'sources'"
+        )
     parts = ["mrprior", "prepare", *args.sources, "-o", args.output]
     for flag, val in (
         ("--config", args.config),
@@ -85,12 +108,16 @@ def run(args: argparse.Namespace) -> int:
         ("--val-fraction", args.val_fraction),
         ("--seed", args.seed),
         ("--dtype", args.dtype),
+        ("--role", args.role),
+        ("--cache", args.cache),
         ("--subject", args.subject),
         ("--licence", args.licence),
         ("--h5-key", args.h5_key),
     ):
         if val is not None:
             parts += [flag, str(val)]
+    for name in args.source:
+        parts += ["--source", name]
     if args.val_subjects:
         parts += ["--val-subjects", *args.val_subjects]
     if args.phase != "none":

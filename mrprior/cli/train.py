@@ -27,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a config key (dotted or bare name), repeatable",
     )
+    p.add_argument(
+        "--init-from",
+        metavar="PRIOR",
+        help="warm start from a prior card (shipped name or card path); same as init_from",
+    )
     p.add_argument("--export", metavar="DIR", help="after training, export the prior card to DIR")
     p.set_defaults(func=run_train)
 
@@ -68,7 +73,10 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = load_yaml(TrainConfig, args.config)
     if args.set:
         cfg = apply_overrides(cfg, _parse_sets(args.set))
+    if args.init_from:
+        cfg.init_from = args.init_from
     parts = ["mrprior", "train", args.config, *(["--resume"] if args.resume else [])]
+    parts += ["--init-from", args.init_from] if args.init_from else []
     parts += [f"--set={item}" for item in args.set]
     parts += ["--export", args.export] if args.export else []
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -76,7 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
     command = prefix + " ".join(shlex.quote(a) for a in parts)
     summary = train(cfg, resume=args.resume, command=command)
     print(
-        f"step {summary['step']}, images seen {summary['images_seen']}, "
+        f"step {summary['step']} ({summary['total_steps']} in total), "
+        f"images seen {summary['images_seen']} ({summary['total_images_seen']} in total), "
         f"validation loss {summary['val_loss']:.5f}, checkpoint {summary['checkpoint']}"
     )
     if args.export and int(os.environ.get("RANK", "0")) == 0:

@@ -105,12 +105,14 @@ def export_prior(
         fresh = _fresh_validation(cfg, state)
         if fresh is not None:
             val_loss, val_step = fresh, int(ck["step"])
-    try:
-        import json
+    import json
 
+    try:
         data = json.loads(ck.get("dataset_manifest", "{}"))
     except ValueError:
         data = {}
+    parent = json.loads(ck["parent"]) if ck.get("parent") else None
+    run_steps, run_images = int(ck["step"]), int(ck.get("images_seen", 0))
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
         "name": name,
@@ -141,8 +143,13 @@ def export_prior(
             "command": ck.get("command"),
             "command_history": list(ck.get("command_history") or [ck.get("command")]),
             "config": to_dict(cfg),
-            "steps": int(ck["step"]),
-            "images_seen": int(ck.get("images_seen", 0)),
+            # cumulative over the lineage (warm starts); run_*: this run alone
+            "steps": run_steps + (int(parent["steps"]) if parent else 0),
+            "images_seen": run_images + (int(parent["images_seen"]) if parent else 0),
+            "run_steps": run_steps,
+            "run_images_seen": run_images,
+            "parent": ({k: v for k, v in parent.items() if k != "lineage"} if parent else None),
+            "lineage": list(parent["lineage"]) if parent else [],
             "validation_loss": val_loss,
             "validation_loss_at_step": None if val_step is None else int(val_step),
             "best_validation_loss": _float_or_none(ck.get("best_val")),
@@ -159,7 +166,13 @@ def export_prior(
     tmpc = cpath.with_name(cpath.name + ".tmp")
     tmpc.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True))
     os.replace(tmpc, cpath)
-    logger.info("exported %s (%d steps) → %s", name, card["training"]["steps"], cpath)
+    logger.info(
+        "exported %s (%d steps, %d in total) → %s",
+        name,
+        card["training"]["run_steps"],
+        card["training"]["steps"],
+        cpath,
+    )
     return cpath
 
 

@@ -20,6 +20,7 @@ import torch
 
 from mrprior.errors import DataError
 from mrprior.mr.phase import synthetic_phase
+from mrprior.priors.augment import FewSubjectsConfig, augment_slice
 
 
 @dataclass
@@ -46,6 +47,9 @@ class AugmentConfig:
     #: ``stored``: complex images from the dataset are used as they are
     phase: Literal["synthetic", "none", "stored"] = "synthetic"
     synthetic: PhaseConfig = field(default_factory=PhaseConfig)
+    #: multi-scale crops, affine/elastic warps, contrast remapping, resolution changes
+    #: (:mod:`mrprior.priors.augment`), replacing the plain crop when enabled
+    few_subjects: FewSubjectsConfig = field(default_factory=FewSubjectsConfig)
 
 
 class SliceStore:
@@ -105,16 +109,21 @@ def augment(
 ) -> np.ndarray:
     """One augmented training image: real channels ``[channels, crop, crop]`` float32.
 
-    Crop → flips/rot90 → intensity scale → phase (``channels == 2``), with ``|x|`` equal to the
-    scaled, cropped magnitude (the synthetic phase multiplies by ``exp(iφ)`` only).
+    Crop (or, with ``cfg.few_subjects.enabled``, :func:`~mrprior.priors.augment.augment_slice`:
+    multi-scale crop, warps, contrast and resolution changes) → flips/rot90 → intensity scale →
+    phase (``channels == 2``), with ``|x|`` equal to the scaled, cropped magnitude (the synthetic
+    phase multiplies by ``exp(iφ)`` only).
     """
     h, w = img.shape
     c = cfg.crop or min(h, w)
     if c > min(h, w):
         raise DataError(f"crop {c} larger than the slices ({h}×{w})")
-    y0 = int(rng.integers(0, h - c + 1))
-    x0 = int(rng.integers(0, w - c + 1))
-    x = img[y0 : y0 + c, x0 : x0 + c]
+    if cfg.few_subjects.enabled:
+        x = augment_slice(img, c, rng, cfg.few_subjects)
+    else:
+        y0 = int(rng.integers(0, h - c + 1))
+        x0 = int(rng.integers(0, w - c + 1))
+        x = img[y0 : y0 + c, x0 : x0 + c]
     if cfg.flips:
         k = int(rng.integers(0, 4))
         x = np.rot90(x, k)

@@ -47,18 +47,23 @@ NIFTI_EXT = (".nii", ".nii.gz")
 IMAGE_EXT = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm")
 HDF5_EXT = (".h5", ".hdf5")
 DICOM_EXT = (".dcm", ".dicom", ".ima")
+NRRD_EXT = (".nrrd", ".nhdr")
 
 
 @dataclass
 class SourceSpec:
     """One input: a file or folder, the subject it belongs to, and its licence."""
 
-    path: str
+    #: a file or folder (or empty when ``source`` names a registry source)
+    path: str = ""
     #: subject id for the split; default: one subject per volume (file / DICOM series)
     subject: str | None = None
     licence: str | None = None
     #: HDF5 dataset name (default ``reconstruction_rss``, else the only 3D/2D dataset)
     h5_key: str | None = None
+    #: a source of the registry (``mrprior data list``): fetched into the cache if needed;
+    #: subject and licence default to the registry's
+    source: str | None = None
 
 
 @dataclass
@@ -66,6 +71,8 @@ class PrepareConfig:
     """Settings of ``mrprior prepare`` (YAML: ``configs/prepare_*.yaml``; CLI flags override)."""
 
     sources: list[SourceSpec] = field(default_factory=list)
+    #: cache root of registry sources (default ``~/.cache/mrprior/data``)
+    cache: str | None = None
     size: int = 256
     axis: Literal["all", "0", "1", "2"] = "all"
     #: fraction of subjects held out (at least one when there are ≥ 2 subjects and > 0)
@@ -77,6 +84,11 @@ class PrepareConfig:
     foreground_threshold: float = 0.1
     #: slices with a smaller foreground fraction are dropped as background
     min_foreground: float = 0.05
+    #: images with fewer pixels along a side are not used (through-plane views of a few slices)
+    min_side: int = 8
+    #: images whose two pixel spacings differ by more than this factor are not used
+    #: (through-plane views of thick-slice scans: blocky, not images a scan would produce)
+    max_anisotropy: float = 3.0
     dtype: Literal["uint16", "float32"] = "uint16"
 
     def validate(self) -> None:
@@ -86,6 +98,11 @@ class PrepareConfig:
             raise ConfigError(f"val_fraction: {self.val_fraction} must be in [0, 1)")
         if not 0 <= self.foreground_threshold < 1 or not 0 <= self.min_foreground < 1:
             raise ConfigError("foreground_threshold and min_foreground must be in [0, 1)")
+        if self.min_side < 2 or self.max_anisotropy < 1:
+            raise ConfigError("min_side must be ≥ 2 and max_anisotropy ≥ 1")
+        for i, src in enumerate(self.sources):
+            if bool(src.path) == bool(src.source):
+                raise ConfigError(f"sources[{i}]: give exactly one of 'path' and 'source'")
 
 
 @dataclass
@@ -121,6 +138,8 @@ def _kind(path: Path) -> str | None:
         return "image"
     if name.endswith(HDF5_EXT):
         return "hdf5"
+    if name.endswith(NRRD_EXT):
+        return "nrrd"
     if _is_dicom(path):
         return "dicom"
     return None
@@ -146,6 +165,25 @@ def _read_nifti(path: Path, spec: SourceSpec) -> list[Volume]:
         name = base if data.shape[3] == 1 else f"{base}[{t}]"
         vols.append(Volume(data[..., t], zooms, name, subject, str(path)))  # type: ignore[arg-type]
     return vols
+
+
+def _read_nrrd(path: Path, spec: SourceSpec) -> list[Volume]:
+    from mrprior.io.volumes import load_volume
+
+    data, spacing = load_volume(path)
+    if data.ndim == 3:
+        data = data[..., None]
+    subject = spec.subject or path.name
+    return [
+        Volume(
+            data[..., t],
+            spacing,
+            path.name if data.shape[3] == 1 else f"{path.name}[{t}]",
+            subject,
+            str(path),
+        )
+        for t in range(data.shape[3])
+    ]
 
 
 def _read_image(path: Path, spec: SourceSpec) -> list[Volume]:
@@ -208,6 +246,8 @@ def _read_dicom_series(files: list[Path], spec: SourceSpec) -> tuple[list[Volume
     """Group DICOM files by SeriesInstanceUID and stack each series into a volume."""
     import pydicom
 
+    from mrprior.io.volumes import dicom_slices, mosaic_count
+
     series: dict[str, list[tuple[Any, Path]]] = {}
     skipped = []
     for p in files:
@@ -218,6 +258,8 @@ def _read_dicom_series(files: list[Path], spec: SourceSpec) -> tuple[list[Volume
             skipped.append({"path": str(p), "reason": f"unreadable DICOM: {exc}"})
             continue
         uid = str(getattr(ds, "SeriesInstanceUID", "") or f"nouid:{p}")
+        if mosaic_count(ds):  # a Siemens mosaic holds a whole volume: one volume per file
+            uid += f"#{getattr(ds, 'InstanceNumber', p.name)}"
         series.setdefault(uid, []).append((ds, p))
     vols = []
     for uid, items in series.items():
@@ -234,11 +276,7 @@ def _read_dicom_series(files: list[Path], spec: SourceSpec) -> tuple[list[Volume
         items.sort(key=key)
         slices = []
         for ds, _p in items:
-            arr = ds.pixel_array.astype(np.float32)
-            arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
-                getattr(ds, "RescaleIntercept", 0) or 0
-            )
-            slices.append(arr if arr.ndim == 3 else arr[None])
+            slices.append(dicom_slices(ds))
         shapes = {s.shape[1:] for s in slices}
         if len(shapes) != 1:
             skipped.append(
@@ -264,8 +302,39 @@ def _expand(spec: SourceSpec) -> list[Path]:
     return [p]
 
 
-def read_sources(specs: Iterable[SourceSpec]) -> tuple[list[Volume], list[dict], list[dict]]:
-    """Read every source into volumes.
+def registry_specs(spec: SourceSpec, cache: str | None = None) -> tuple[list[SourceSpec], dict]:
+    """File specs of a registry source (fetched if needed) and its provenance record.
+
+    Image files of known kinds become one spec each, except DICOM files, which become one spec
+    per folder (so a series stays together); other files (e.g. a PAR header) are left out.
+    """
+    from mrprior.priors.sources import fetch_source, get_source
+
+    assert spec.source is not None
+    src = get_source(spec.source)
+    files = fetch_source(src.name, cache)
+    subject = spec.subject or src.subject
+    licence = spec.licence or src.licence
+    out: list[SourceSpec] = []
+    dicom_dirs: list[Path] = []
+    for f in files:
+        kind = _kind(f)
+        if kind == "dicom":
+            if f.parent not in dicom_dirs:
+                dicom_dirs.append(f.parent)
+        elif kind is not None:
+            out.append(
+                SourceSpec(path=str(f), subject=subject, licence=licence, h5_key=spec.h5_key)
+            )
+    for d in dicom_dirs:
+        out.append(SourceSpec(path=str(d), subject=subject, licence=licence))
+    return out, src.record()
+
+
+def read_sources(
+    specs: Iterable[SourceSpec], cache: str | None = None
+) -> tuple[list[Volume], list[dict], list[dict]]:
+    """Read every source into volumes (registry sources are fetched into ``cache`` if needed).
 
     Returns
     -------
@@ -275,7 +344,14 @@ def read_sources(specs: Iterable[SourceSpec]) -> tuple[list[Volume], list[dict],
     volumes: list[Volume] = []
     skipped: list[dict] = []
     records: list[dict] = []
+    expanded: list[tuple[SourceSpec, dict | None]] = []
     for spec in specs:
+        if spec.source:
+            subs, rec = registry_specs(spec, cache)
+            expanded.extend((s, rec) for s in subs)
+        else:
+            expanded.append((spec, None))
+    for spec, registry_record in expanded:
         paths = _expand(spec)
         n_before = len(volumes)
         if not paths or not Path(spec.path).exists():
@@ -292,7 +368,12 @@ def read_sources(specs: Iterable[SourceSpec]) -> tuple[list[Volume], list[dict],
                 dicoms.append(p)
                 continue
             try:
-                reader = {"nifti": _read_nifti, "image": _read_image, "hdf5": _read_hdf5}[kind]
+                reader = {
+                    "nifti": _read_nifti,
+                    "image": _read_image,
+                    "hdf5": _read_hdf5,
+                    "nrrd": _read_nrrd,
+                }[kind]
                 volumes.extend(reader(p, spec))
             except Exception as exc:
                 skipped.append({"path": str(p), "reason": f"unreadable {kind}: {exc}"})
@@ -300,14 +381,15 @@ def read_sources(specs: Iterable[SourceSpec]) -> tuple[list[Volume], list[dict],
             vols, sk = _read_dicom_series(dicoms, spec)
             volumes.extend(vols)
             skipped.extend(sk)
-        records.append(
-            {
-                "path": spec.path,
-                "licence": spec.licence,
-                "subject": spec.subject,
-                "volumes": [v.name for v in volumes[n_before:]],
-            }
-        )
+        rec = {
+            "path": spec.path,
+            "licence": spec.licence,
+            "subject": spec.subject,
+            "volumes": [v.name for v in volumes[n_before:]],
+        }
+        if registry_record is not None:
+            rec["registry"] = registry_record
+        records.append(rec)
     return volumes, skipped, records
 
 
@@ -348,6 +430,11 @@ def iter_slices(
         sp = tuple(s for i, s in enumerate(vol.spacing) if i != ax)
         if not all(math.isfinite(s) for s in sp):
             continue  # stack of 2D slices (infinite spacing): no through-plane images
+        shape = [n for i, n in enumerate(data.shape) if i != ax]
+        if min(shape) < cfg.min_side or max(sp) > cfg.max_anisotropy * max(min(sp), 1e-9):
+            for i in range(data.shape[ax]):  # too few pixels or too anisotropic: dropped
+                yield ax, i, None
+            continue
         # one contiguous copy per axis: slicing a strided (reoriented) volume is very slow
         stack = np.ascontiguousarray(np.moveaxis(data, ax, 0))
         for i in range(stack.shape[0]):
@@ -420,7 +507,7 @@ def prepare_dataset(
 
 
 def _prepare(cfg: PrepareConfig, out: Path, progress: bool, command: str | None, tqdm: Any) -> dict:
-    volumes, skipped, records = read_sources(cfg.sources)
+    volumes, skipped, records = read_sources(cfg.sources, cfg.cache)
     if not volumes:
         raise DataError(
             "no readable images among the sources"
@@ -516,6 +603,8 @@ def _prepare(cfg: PrepareConfig, out: Path, progress: bool, command: str | None,
         "settings": {
             "foreground_threshold": cfg.foreground_threshold,
             "min_foreground": cfg.min_foreground,
+            "min_side": cfg.min_side,
+            "max_anisotropy": cfg.max_anisotropy,
             "val_fraction": cfg.val_fraction,
         },
     }

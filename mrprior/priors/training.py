@@ -59,6 +59,10 @@ class TrainConfig:
     out_dir: str = "runs/train"
     #: name written into the prior card
     name: str = "complex"
+    #: warm start: a prior card (shipped name such as ``complex``, or a card path) whose weights
+    #: initialize the model and its EMA; the exported card then records the parent's sha256,
+    #: cumulative steps / images seen and the lineage (optimizer and step count start afresh)
+    init_from: str | None = None
     model: UNetConfig = field(default_factory=UNetConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     sigma_min: float = 0.003
@@ -166,6 +170,52 @@ def config_from_checkpoint(ck: dict) -> TrainConfig:
     return from_dict(TrainConfig, json.loads(ck["config"]))
 
 
+def warm_start(init_from: str, model_cfg: UNetConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """Weights and parent record of the prior card ``init_from`` (loaded safely, sha256-checked).
+
+    Returns
+    -------
+    state, parent
+        the card's weights (a state dict for :class:`EDMDenoiser`) and ``{"name", "card",
+        "sha256", "steps", "images_seen", "lineage", ...}``: ``steps`` / ``images_seen`` are the
+        parent's cumulative totals and ``lineage`` lists its ancestors, oldest first, then itself.
+
+    Raises
+    ------
+    ConfigError
+        the card's architecture differs from ``model_cfg`` (the keys are named).
+    """
+    from mrprior.priors.cards import load, resolve_card
+
+    card_path = resolve_card(init_from)
+    prior = load(card_path, device="cpu")
+    card = prior.card
+    arch = {k: v for k, v in dict(card["architecture"]).items() if k != "type"}
+    want = to_dict(model_cfg)
+    diff = sorted(k for k in set(arch) | set(want) if arch.get(k) != want.get(k))
+    if diff:
+        raise ConfigError(
+            f"init_from {init_from!r}: the card's architecture differs in {diff} "
+            f"(card {[arch.get(k) for k in diff]}, config {[want.get(k) for k in diff]})"
+        )
+    tr = dict(card.get("training") or {})
+    data = dict(card.get("data") or {})
+    entry = {
+        "name": card.get("name"),
+        "card": str(card_path),
+        "sha256": card["weights"]["sha256"],
+        "steps": int(tr.get("steps", 0)),
+        "images_seen": int(tr.get("images_seen", 0)),
+        "validation_loss": tr.get("validation_loss"),
+        "train_subjects": data.get("train_subjects"),
+        "code_version": card.get("code_version"),
+        "created": card.get("created"),
+    }
+    parent = {**entry, "lineage": [*list(tr.get("lineage") or []), entry]}
+    state = {k: v.detach().clone() for k, v in prior.model.state_dict().items()}
+    return state, parent
+
+
 def _dist_info() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -185,6 +235,7 @@ def validation_loss(
     n = min(cfg.val_images, len(val))
     aug = copy.deepcopy(cfg.augment)
     aug.flips, aug.intensity_min = False, 1.0
+    aug.few_subjects.enabled = False  # fixed crops: comparable across runs and augmentations
     losses = []
     was_training = model.training
     model.eval()
@@ -262,6 +313,7 @@ def train(
     last_val = math.nan
     val_step: int | None = None
     history: list[str] = []
+    parent: dict | None = None
     if ckpt_path.exists() and not resume:
         raise CheckpointError(
             f"{ckpt_path} exists: pass --resume to continue it, or choose another out_dir"
@@ -279,8 +331,20 @@ def train(
         last_val = float(ck.get("val_loss", math.nan))
         val_step = ck.get("val_step")
         history = list(ck.get("command_history") or [ck.get("command")])
+        parent = json.loads(ck["parent"]) if ck.get("parent") else None
         torch.set_rng_state(ck["rng_torch"])
         logger.info("resumed %s at step %d", ckpt_path, step)
+    elif cfg.init_from:
+        state, parent = warm_start(cfg.init_from, cfg.model)
+        model.load_state_dict(state)
+        ema.load_state_dict(state)
+        logger.info(
+            "warm start from %s (sha256 %s…, %d steps, %d images seen)",
+            parent["card"],
+            parent["sha256"][:12],
+            parent["steps"],
+            parent["images_seen"],
+        )
 
     train_store = SliceStore(cfg.dataset, "train")
     val_store = SliceStore(cfg.dataset, "val")
@@ -320,6 +384,8 @@ def train(
             "world_size": world,
             "code_version": version,
             "dataset_manifest": json.dumps(_manifest_summary(cfg.dataset)),
+            # warm start: the parent card (sha256, cumulative steps/images, lineage) as JSON
+            "parent": json.dumps(parent) if parent else "",
             "saved_at": time.time(),
         }
         atomic_torch_save(state, ckpt_path)
@@ -427,6 +493,8 @@ def train(
     return {
         "step": step,
         "images_seen": images_seen,
+        "total_steps": step + (parent["steps"] if parent else 0),
+        "total_images_seen": images_seen + (parent["images_seen"] if parent else 0),
         "val_loss": last_val,
         "checkpoint": str(ckpt_path),
         "stopped_by_signal": flag.stop,
@@ -443,7 +511,12 @@ def _manifest_summary(dataset: str | Path) -> dict:
         "val_subjects": m.get("val_subjects"),
         "train_subjects": m.get("train_subjects"),
         "sources": [
-            {"path": s.get("path"), "licence": s.get("licence"), "subject": s.get("subject")}
+            {
+                "path": s.get("path"),
+                "licence": s.get("licence"),
+                "subject": s.get("subject"),
+                **({"registry": s["registry"]} if s.get("registry") else {}),
+            }
             for s in m.get("sources", [])
         ],
         "code_version": m.get("code_version"),
