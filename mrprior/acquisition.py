@@ -193,7 +193,11 @@ def simulate_acquisition(
         )
         return np.tensordot(mix, white.astype(np.complex64), axes=(1, 0)).astype(np.complex64)
 
-    kspace = (sim.kspace + noise(sim.kspace.shape)).astype(np.complex64)
+    # the raw writer oversamples the readout with an orthonormal FFT (amplitude × √(1/os) per
+    # sample); a scanner's noise has the noise scan's σ at every oversampled sample, i.e. σ·√os
+    # at the recon matrix before oversampling (and σ again after the pipeline removes it)
+    os_noise = math.sqrt(spec.readout_oversampling)
+    kspace = (sim.kspace + os_noise * noise(sim.kspace.shape)).astype(np.complex64)
     lines = mask.mask.any(axis=1)
     calib_lines = mask.calib.any(axis=1)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:

@@ -204,14 +204,16 @@ EVAL_VOLUMES: dict[str, EvalVolume] = {
 
 
 def eval_volume_array(volume: EvalVolume) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """The scan of ``volume`` as float32 ``[A, B, C]`` with its voxel spacing (mm).
+    """The scan of ``volume`` as float32 ``[A, B, C]`` with its voxel spacing (mm); the first
+    volume of a 4D series.
 
     Raises
     ------
     DataError
         The source is not in the local cache (``mrprior data fetch --role eval`` fetches the
-        held-out sources; nothing is downloaded here).
+        held-out sources; nothing is downloaded here), or it holds no readable volume.
     """
+    from mrprior.io.volumes import load_volume, volume_kind
     from mrprior.priors import sources
 
     if not sources.is_fetched(volume.source):
@@ -219,8 +221,14 @@ def eval_volume_array(volume: EvalVolume) -> tuple[np.ndarray, tuple[float, floa
             f"held-out source {volume.source!r} is not fetched: run `mrprior data fetch --role "
             f"eval` (cache {sources.source_dir(volume.source)})"
         )
-    vol = sources.load_volume(volume.source)
-    return np.asarray(vol.array, dtype=np.float32), tuple(float(v) for v in vol.spacing)
+    files = [f for f in sources.fetch_source(volume.source) if volume_kind(f) is not None]
+    if not files:
+        raise DataError(f"source {volume.source!r} holds no NIfTI, NRRD or DICOM file")
+    nifti_or_nrrd = [f for f in files if volume_kind(f) != "dicom"]
+    arr, spacing = load_volume(nifti_or_nrrd[0] if nifti_or_nrrd else files)
+    if arr.ndim == 4:
+        arr = arr[..., 0]
+    return np.asarray(arr, dtype=np.float32), tuple(float(v) for v in spacing)
 
 
 def slice_axis(shape: tuple[int, ...], spacing: tuple[float, ...]) -> int:

@@ -44,7 +44,9 @@ def estimate_noise_std(kspace: torch.Tensor, mask: torch.Tensor, fraction: float
     mask : bool ``[ky, kx]`` sampled positions.
     """
     if kspace.ndim != 3 or tuple(mask.shape) != tuple(kspace.shape[1:]):
-        raise ValueError(f"need kspace [C, ky, kx] and mask [ky, kx]: {kspace.shape=}, {mask.shape=}")
+        raise ValueError(
+            f"need kspace [C, ky, kx] and mask [ky, kx]: {kspace.shape=}, {mask.shape=}"
+        )
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1]: {fraction}")
     ny, nx = mask.shape
