@@ -670,33 +670,37 @@ CaseMaker = Callable[[], Case]
 
 def _case_makers(cfg: BenchConfig, device: torch.device) -> list[tuple[str, str, CaseMaker]]:
     """``(case name, sampling, make)`` for every case of the configured suites; the real
-    volumes are loaded here (once each), the k-space is simulated lazily."""
+    volumes are loaded here (once each), the k-space is simulated lazily. Real cases come
+    sampling by sampling (every volume of the first sampling first), so a run stopped early
+    still covers every anatomy."""
     makers: list[tuple[str, str, CaseMaker]] = []
     if cfg.suite in ("real", "all"):
+        slices: list[tuple[str, EvalVolume, np.ndarray]] = []
         for key in cfg.volumes:
             vol = EVAL_VOLUMES[key]
             arr, spacing = eval_volume_array(vol)
             for index, plane in pick_slices(arr, spacing, cfg.positions or vol.positions):
                 img = real_slice(plane, case_size(plane.shape, cfg.size))
-                name = f"{key}_{index:03d}"
-                for sampling in cfg.samplings:
-                    makers.append(
-                        (
+                slices.append((f"{key}_{index:03d}", vol, img))
+        for sampling in cfg.samplings:
+            for name, vol, img in slices:
+                makers.append(
+                    (
+                        name,
+                        sampling,
+                        lambda img=img, name=name, sampling=sampling, vol=vol: make_real_case(
                             name,
+                            img,
                             sampling,
-                            lambda img=img, name=name, sampling=sampling, vol=vol: make_real_case(
-                                name,
-                                img,
-                                sampling,
-                                vol.coils,
-                                vol.anatomy,
-                                snr=cfg.snr,
-                                seed=cfg.seed,
-                                device=device,
-                                phase=cfg.phase,
-                            ),
-                        )
+                            vol.coils,
+                            vol.anatomy,
+                            snr=cfg.snr,
+                            seed=cfg.seed,
+                            device=device,
+                            phase=cfg.phase,
+                        ),
                     )
+                )
     if cfg.suite in ("template", "all"):
         for image in cfg.images:
             for sampling in cfg.samplings:
@@ -780,9 +784,52 @@ def run_bench(
             bar.update(1)
         if figures:
             files.append(_figure(case, recons, rows, out))
+        write_tables(rows, out, cfg, skipped)  # after every case: a stopped run keeps its rows
     bar.close()
     files += write_tables(rows, out, cfg, skipped)
     return BenchResult(rows, skipped, files)
+
+
+def read_rows(csv_path: str | Path) -> list[Row]:
+    """The rows of a ``results.csv`` written by :func:`write_tables` (labels from
+    :data:`METHODS`)."""
+    rows = []
+    with Path(csv_path).open(newline="") as f:
+        for r in csv.DictReader(f):
+            if r.get("method") not in METHODS:
+                raise DataError(f"{csv_path}: unknown method {r.get('method')!r}")
+            rows.append(
+                Row(
+                    image=r["image"],
+                    sampling=r["sampling"],
+                    acceleration=float(r["R"]),
+                    method=r["method"],
+                    label=METHODS[r["method"]][0],
+                    psnr=float(r["psnr_db"]),
+                    ssim=float(r["ssim"]),
+                    seconds=float(r["seconds"]),
+                    lam=float(r["l1_lambda"]) if r["l1_lambda"] else None,
+                    suite=r["suite"],
+                    anatomy=r["anatomy"],
+                )
+            )
+    return rows
+
+
+def collect(
+    dirs: Sequence[str | Path], out_dir: str | Path, cfg: BenchConfig | None = None
+) -> list[Path]:
+    """Merge the ``results.csv`` of several bench runs (e.g. one per volume, run side by side)
+    into one ``results.csv`` / ``results.md`` in ``out_dir``."""
+    rows: list[Row] = []
+    for d in dirs:
+        path = Path(d) / "results.csv"
+        if not path.is_file():
+            raise DataError(f"no results.csv in {d}")
+        rows += read_rows(path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_tables(rows, out, cfg)
 
 
 # -- output ------------------------------------------------------------------------------------

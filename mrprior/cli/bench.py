@@ -90,14 +90,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--magnitude-prior",
         help="magnitude prior: shipped name or card path (default: magnitude)",
     )
+    p.add_argument(
+        "--collect",
+        type=_csv,
+        metavar="DIR,DIR",
+        help="only merge the results.csv of earlier runs (e.g. one per volume, run side by side) "
+        "into --out",
+    )
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mrprior.evaluation import BenchConfig, quick_config, run_bench, summarize_gain
+    from mrprior.evaluation import BenchConfig, collect, quick_config, run_bench, summarize_gain
 
+    if args.collect:
+        files = collect(args.collect, args.out)
+        print(files[-1].read_text())
+        return 0
     overrides: dict = {"device": args.device, "seed": args.seed}
     for key in (
         "suite",
