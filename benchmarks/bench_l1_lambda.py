@@ -2,7 +2,8 @@
 of the automatic λ (:mod:`mrprior.recon.l1_lambda`).
 
 Runs on **training** scans only (``pycortex-s1``, ``qtim-mrhead``; never the held-out
-evaluation sources): one axial slice per volume (index ``0.55 ×`` the last axis), 256²,
+evaluation sources): one slice per volume (index ``0.55 ×`` the last axis of the NIfTI file's
+voxel array as stored: coronal for S1, sagittal for MRHead), 256²,
 synthetic phase, simulated as a multi-coil acquisition exactly as the real bench suite does
 (:mod:`mrprior.acquisition`). For every sampling of the bench it prints, per λ, the PSNR of ours
 and of BART (``-i 30``, BART's default), then per case the best λ of each, ours − BART at their
@@ -21,9 +22,10 @@ import numpy as np
 
 from mrprior.acquisition import AcquisitionSpec, reconstruction_problem, simulate_acquisition
 from mrprior.backend import to_numpy
-from mrprior.evaluation import SAMPLINGS, EvalVolume, complex_image, eval_volume_array, real_slice
+from mrprior.evaluation import SAMPLINGS, complex_image, real_slice
 from mrprior.io.cfl import image_from_bart, kspace_to_bart, run_bart
 from mrprior.metrics import psnr
+from mrprior.priors.sources import fetch_source
 from mrprior.recon.fista import bart_scaling
 from mrprior.recon.l1_lambda import KAPPA, auto_lambda
 from mrprior.recon.problem import get_method
@@ -40,7 +42,10 @@ def main() -> None:
     lams = [10**e for e in np.arange(-2.75, -1.4, 0.25)]
     ratios, gaps, auto_loss = [], [], []
     for source in args.sources.split(","):
-        arr, _ = eval_volume_array(EvalVolume(source, "brain", "T1", COILS.get(source, 12)))
+        import nibabel as nib
+
+        (path,) = [f for f in fetch_source(source) if f.name.endswith(".nii.gz")]
+        arr = np.asarray(nib.load(path).dataobj, dtype=np.float32)
         img = complex_image(
             real_slice(arr[:, :, int(arr.shape[2] * 0.55)], args.size), "synthetic", 0
         )
