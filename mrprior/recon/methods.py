@@ -70,22 +70,35 @@ def sense_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult
 
 @register_method("l1", needs_csm=True, batched=True)
 def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
-    """ℓ1-wavelet FISTA (``bart pics -l1 -r lam``); settings: ``lam`` (0.01),
-    ``max_iterations`` (30, BART's default), ``seed`` (0), ``wavelet`` ("db2")."""
+    """ℓ1-wavelet FISTA (``bart pics -l1 -r lam``); settings: ``lam`` (0.01, or ``"auto"``:
+    from the noise level, :func:`mrprior.recon.l1_lambda.auto_lambda`), ``max_iterations`` (30,
+    BART's default), ``seed`` (0), ``wavelet`` ("db2")."""
     s = _settings("l1", settings, {"lam": 0.01, "max_iterations": 30, "seed": 0, "wavelet": "db2"})
     _needs_csm("l1", problem)
-    if float(s["lam"]) < 0:
+    auto = isinstance(s["lam"], str) and s["lam"].strip().lower() == "auto"
+    try:
+        lam = None if auto else float(s["lam"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"l1: lam must be a number >= 0 or 'auto': {s['lam']!r}") from None
+    if lam is not None and lam < 0:
         raise ConfigError(f"l1: lam must be >= 0: {s['lam']}")
     if int(s["max_iterations"]) < 1:
         raise ConfigError(f"l1: max_iterations must be >= 1: {s['max_iterations']}")
     A = plane_operator(problem.csm, problem.mask)
     scale = [bart_scaling(k, m) for k, m in zip(problem.kspace, problem.mask, strict=True)]
+    if lam is None:
+        from mrprior.recon.l1_lambda import auto_lambda
+
+        # λ·s is the threshold on the unscaled data (FISTA is scale-equivariant), so one
+        # absolute λ serves every plane with the data left unscaled
+        lam = auto_lambda(problem, 1.0)
+        scale = [1.0] * len(scale)
     t0 = time.perf_counter()
     try:
         img = l1_wavelet(
             A,
             problem.kspace,
-            lam=float(s["lam"]),
+            lam=lam,
             max_iterations=int(s["max_iterations"]),
             seed=None if s["seed"] is None else int(s["seed"]),
             wavelet=str(s["wavelet"]),
@@ -94,6 +107,7 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     except ValueError as exc:  # e.g. a non-orthogonal wavelet name
         raise ConfigError(f"l1: {exc}") from exc
     info = {"method": "l1", "seconds": time.perf_counter() - t0, "scale": scale, **s}
+    info["lam_used"] = lam
     return ReconResult(img, info=info)
 
 
