@@ -236,6 +236,7 @@ def reconstruction_problem(
     """The :class:`~mrprior.recon.problem.ReconProblem` the pipeline builds for this slice:
     whitened data (noise std 1), the imaging mask, and — when ``with_csm`` — ESPIRiT maps from
     the calibration region (:func:`mrprior.pipeline.coil_maps`, ``calib_size`` at most)."""
+    from mrprior.backend import to_torch
     from mrprior.pipeline import CoilMapConfig, ReconConfig, coil_maps
     from mrprior.recon.problem import ReconProblem
 
@@ -244,7 +245,7 @@ def reconstruction_problem(
     csm = None
     if with_csm:
         cfg = ReconConfig(coil_maps=CoilMapConfig(calib_size=calib_size))
-        csm = coil_maps(ks, cfg, dev)
+        csm = to_torch(coil_maps(ks, cfg, dev), dev)  # maps come on the xp of the device
     data, mask, calib = ks.to_torch(dev)
     return ReconProblem(
         kspace=(data * mask[None]).to(torch.complex64),

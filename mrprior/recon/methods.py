@@ -92,7 +92,10 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
         # λ·s is the threshold on the unscaled data (FISTA is scale-equivariant), so one
         # absolute λ serves every plane with the data left unscaled
         lam = auto_lambda(problem, 1.0)
+        lam_used: float | list[float] = [lam / sc for sc in scale]  # in BART's units
         scale = [1.0] * len(scale)
+    else:
+        lam_used = lam
     t0 = time.perf_counter()
     try:
         img = l1_wavelet(
@@ -107,7 +110,9 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     except ValueError as exc:  # e.g. a non-orthogonal wavelet name
         raise ConfigError(f"l1: {exc}") from exc
     info = {"method": "l1", "seconds": time.perf_counter() - t0, "scale": scale, **s}
-    info["lam_used"] = lam
+    info["lam_used"] = (
+        lam_used[0] if isinstance(lam_used, list) and len(lam_used) == 1 else lam_used
+    )
     return ReconResult(img, info=info)
 
 
