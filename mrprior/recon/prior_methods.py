@@ -103,8 +103,8 @@ class PriorSampleSettings:
     sampler: Literal["hqs", "langevin"] = "hqs"
     num_samples: int = 4
     batch_size: int | None = None
-    steps: int = 10
-    branch: int = 6
+    steps: int = 20
+    branch: int = 12
     kappa: float = 0.5
     mu_min: float = 1e-4
     cg_iterations: int = 5
