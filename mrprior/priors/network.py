@@ -22,17 +22,53 @@ PSNR) against 19.6 dB for keep-phase and 35.3 dB for the complex prior (shipped 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from mrprior.priors.unet import EDMDenoiser, UNetConfig
 
-__all__ = ["NetworkPrior"]
+__all__ = ["PRECISIONS", "NetworkPrior", "native_bf16"]
 
+logger = logging.getLogger(__name__)
 
 #: how a 1-channel (magnitude) network denoises a complex image
 MAGNITUDE_MODES = ("phase-corrected", "keep-phase")
+#: arithmetic of the network's convolutions: ``auto`` is bf16 where the device computes it
+#: natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs with bf16), else fp32
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return frozenset(flags)
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 convolutions natively (then autocast is ~2× faster).
+
+    CPU: the ``avx512_bf16`` or ``amx_bf16`` flag (x86) or ``bf16`` (aarch64) in
+    ``/proc/cpuinfo``; without them oneDNN emulates bf16, which is not faster. CUDA:
+    :func:`torch.cuda.is_bf16_supported`.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if dev.type == "cpu":
+        return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+    return False
 
 
 def smooth_phase(x: torch.Tensor, width: float = 8.0) -> torch.Tensor:
@@ -63,6 +99,11 @@ class NetworkPrior:
         the noise range the network was trained on.
     card
         the prior card (metadata) this prior was loaded from, if any.
+    magnitude_mode, phase_lowpass
+        how a magnitude network denoises complex images (module docstring).
+    precision
+        one of :data:`PRECISIONS` (default ``fp32``, exact; the reconstruction methods set
+        their ``precision`` setting, ``auto`` by default: bf16 autocast where native).
     """
 
     def __init__(
@@ -73,18 +114,41 @@ class NetworkPrior:
         card: dict[str, Any] | None = None,
         magnitude_mode: str = "phase-corrected",
         phase_lowpass: float = 8.0,
+        precision: str = "fp32",
     ) -> None:
         if magnitude_mode not in MAGNITUDE_MODES:
             raise ValueError(f"magnitude_mode must be one of {MAGNITUDE_MODES}: {magnitude_mode!r}")
         self.magnitude_mode = magnitude_mode
+        self.precision = precision
         self.phase_lowpass = float(phase_lowpass)
-        self.model = model.eval().requires_grad_(False)
+        # channels-last: the (real, imag) pair arrives interleaved, and oneDNN / cuDNN convolve
+        # NHWC faster (measured ~10 % on CPU)
+        self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.channels = int(model.cfg.in_channels)
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
         self.size_multiple = int(model.size_multiple)
         self.card: dict[str, Any] = dict(card or {})
         self.name = str(self.card.get("name", "unnamed"))
+
+    @property
+    def precision(self) -> str:
+        """``"auto"``, ``"fp32"`` or ``"bf16"``: the convolutions' arithmetic (see
+        :data:`PRECISIONS`); inputs, outputs and the EDM preconditioning stay float32."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}: {value!r}")
+        self._precision = value
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dev = self.device
+        bf16 = self._precision == "bf16" or (self._precision == "auto" and native_bf16(dev))
+        if not bf16 or dev.type not in ("cpu", "cuda"):
+            return contextlib.nullcontext()
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
 
     @classmethod
     def from_config(
@@ -99,7 +163,7 @@ class NetworkPrior:
 
     def to(self, device: torch.device | str) -> NetworkPrior:
         """Move the network to ``device`` and return ``self``."""
-        self.model.to(device)
+        self.model.to(device, memory_format=torch.channels_last)
         return self
 
     def __repr__(self) -> str:
@@ -138,15 +202,22 @@ class NetworkPrior:
         s = self._sigma(sigma, x.shape[0])
         with torch.no_grad():
             if self.channels == 2:
-                xr = torch.view_as_real(x).permute(0, 3, 1, 2).contiguous()
-                d = self.model(xr, s)
+                # [B, H, W, 2] viewed as [B, 2, H, W] is already channels-last: no copy
+                xr = torch.view_as_real(x).permute(0, 3, 1, 2)
+                d = self._run(xr.contiguous(memory_format=torch.channels_last), s)
                 return torch.complex(d[:, 0], d[:, 1])
             if self.magnitude_mode == "keep-phase":
-                d = self.model(x.abs()[:, None], s)[:, 0]
+                d = self._run(x.abs()[:, None], s)[:, 0]
                 return d.clamp_min(0).to(torch.complex64) * _unit_phasor(x)
             unit = smooth_phase(x, self.phase_lowpass)
-            d = self.model((x * unit.conj()).real[:, None].contiguous(), s)[:, 0]
+            d = self._run((x * unit.conj()).real[:, None].contiguous(), s)[:, 0]
             return d.to(torch.complex64) * unit
+
+    def _run(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The network on real ``[B, ch, H, W]`` in the chosen precision; float32 out."""
+        with self._autocast():
+            d = self.model(x, s)
+        return d.float()
 
     def score(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """Tweedie score ``(D(x, σ) − x) / σ²`` of complex ``x [B, H, W]``."""

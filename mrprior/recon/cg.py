@@ -90,7 +90,8 @@ def normal_operator(A: LinearOperator) -> Callable[[torch.Tensor], torch.Tensor]
     For a Cartesian 2D :class:`~mrprior.mr.sense.SenseOperator` with even image sizes the centered
     FFT shifts cancel into a checkerboard ``C = (-1)^(i+j)`` folded into the coil maps once:
     ``AᴴA x = Σ_c conj(C S_c) · F⁻¹(M · F(C S_c x))`` with plain (unshifted) orthonormal FFTs,
-    written into one preallocated coil buffer. Otherwise ``A.gram.forward`` is returned.
+    written into one preallocated coil buffer; leading dims of ``x`` (samples, planes) broadcast
+    against the maps ``[(B,) C, H, W]``. Otherwise ``A.gram.forward`` is returned.
     """
     from mrprior.mr.sense import SenseOperator
 
@@ -104,11 +105,9 @@ def normal_operator(A: LinearOperator) -> Callable[[torch.Tensor], torch.Tensor]
     maps = (A.csm * checker).to(torch.complex64).contiguous()  # [(B,) C, H, W]
     maps_conj = maps.conj().resolve_conj()
     mask = A.mask
-    image_ndim = maps.ndim - 1  # [H, W], or [B, H, W] for per-plane maps
 
     def gram(x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != image_ndim:  # extra leading dims (samples): the generic path broadcasts
-            return A.gram.forward(x)
+        # x [..., H, W] (leading sample / plane dims broadcast against per-plane maps)
         t = torch.mul(maps, x.unsqueeze(-3))
         torch.fft.fft2(t, norm="ortho", out=t)
         if mask is not None:

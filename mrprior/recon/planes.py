@@ -126,18 +126,20 @@ def plane_generators(kspace: torch.Tensor, seed: int | None) -> list[torch.Gener
 
 
 def randn_planes(
-    generators: list[torch.Generator], shape: tuple[int, ...], device: torch.device
+    generators: list[torch.Generator],
+    shape: tuple[int, ...],
+    device: torch.device,
+    plane_ndim: int = 2,
 ) -> torch.Tensor:
-    """Complex normal noise ``[*shape[:-2], B, H, W]`` (unit variance in the real and in the
-    imaginary part), plane ``p`` drawn from ``generators[p]``; ``shape = (..., H, W)``."""
-    lead, hw = tuple(shape[:-2]), tuple(shape[-2:])
+    """Complex normal noise (unit variance in the real and in the imaginary part) with the
+    plane axis inserted before the last ``plane_ndim`` dims of ``shape``: ``shape = (*lead,
+    *per_plane)`` gives ``[*lead, B, *per_plane]``, plane ``p`` drawn from ``generators[p]``."""
+    cut = len(shape) - plane_ndim
     planes = [
-        torch.complex(
-            torch.randn((*lead, *hw), generator=g), torch.randn((*lead, *hw), generator=g)
-        )
+        torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
         for g in generators
     ]
-    return torch.stack(planes, dim=len(lead)).to(device)
+    return torch.stack(planes, dim=cut).to(device)
 
 
 def per_plane(value: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:

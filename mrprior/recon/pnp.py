@@ -17,7 +17,8 @@ restoration", CVPR 2017; applied to MRI priors as in Luo et al., MRM 2023.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -99,15 +100,62 @@ def pnp_hqs(
     if support is not None:
         x = x * support
     for k, s in enumerate(sigmas):
-        z = prior_denoise(prior, x / c, s) * c
-        if support is not None:
-            z = z * support
-        mu = (kappa * sn**2 / (s * c) ** 2).clamp_min(mu_min)
-        x = conjugate_gradient(
-            regularized_normal(op, mu), rhs0 + mu * z, x0=z, max_iterations=cg_iterations
-        )
-        if support is not None:
-            x = x * support
+        x = hqs_step(
+            op, rhs0, prior, x, s, scale=c, noise_std=sn, kappa=kappa, mu_min=mu_min,
+            cg_iterations=cg_iterations, support=support,
+        ).x  # fmt: skip
         if callback is not None and callback(k, x):
             break
     return x
+
+
+@dataclass
+class HqsStep:
+    """Result of :func:`hqs_step`: the new iterate ``x``, the denoised ``z`` and the weight
+    ``μ`` (all in data units)."""
+
+    x: torch.Tensor
+    z: torch.Tensor
+    mu: torch.Tensor
+
+
+def hqs_step(
+    op: LinearOperator,
+    rhs0: torch.Tensor,
+    prior: ScorePrior,
+    x: torch.Tensor,
+    sigma: float,
+    *,
+    scale: torch.Tensor,
+    noise_std: torch.Tensor,
+    kappa: float,
+    mu_min: float,
+    cg_iterations: int,
+    support: torch.Tensor | None = None,
+    perturbation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> HqsStep:
+    """One HQS iteration in data units: ``z = c · D(x / c, σ)`` (zero outside the support),
+    then ``(AᴴA + μ) x = Aᴴy + μ z [+ perturbation(μ)]`` by warm-started CG, with
+    ``μ = κ σ_n² / (σ c)²`` (at least ``mu_min``).
+
+    ``rhs0 = Aᴴy``; ``x`` may carry leading sample dims before those of ``rhs0`` (each image is
+    its own CG system). ``perturbation(μ)``, when given, is added to the right-hand side (a
+    perturb-and-MAP draw from the Gaussian conditional, see :mod:`mrprior.recon.posterior`).
+    """
+    z = prior_denoise(prior, x / scale, sigma) * scale
+    if support is not None:
+        z = z * support
+    mu = (kappa * noise_std**2 / (sigma * scale) ** 2).clamp_min(mu_min)
+    rhs = rhs0 + mu * z
+    if perturbation is not None:
+        rhs = rhs + perturbation(mu)
+    x = conjugate_gradient(
+        regularized_normal(op, mu),
+        rhs,
+        x0=z,
+        max_iterations=cg_iterations,
+        batch_ndim=x.ndim - len(op.ishape),
+    )
+    if support is not None:
+        x = x * support
+    return HqsStep(x, z, mu)

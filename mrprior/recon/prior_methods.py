@@ -42,6 +42,7 @@ from mrprior.recon.planes import (
     zero_filled_noise_std,
 )
 from mrprior.recon.pnp import pnp_hqs
+from mrprior.recon.posterior import hqs_posterior
 from mrprior.recon.prior_pics import max_scale, prior_fista
 from mrprior.recon.problem import ReconProblem, ReconResult, register_method
 
@@ -85,6 +86,7 @@ class PriorPicsSettings:
     noise_std: float | None = None
     prior: Any = "complex"
     seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def validate(self) -> None:
         _positive(self, "iterations", "kappa", "cg_iterations", "lam", "noise_std")
@@ -94,12 +96,20 @@ class PriorPicsSettings:
 
 @dataclass
 class PriorSampleSettings:
-    """Settings of ``prior-sample``."""
+    """Settings of ``prior-sample``: ``sampler`` ``hqs`` (stochastic HQS restarts, default:
+    ``steps`` network evaluations per sample) or ``langevin`` (annealed Langevin,
+    ``levels × (corrector_steps + predictor)``)."""
 
+    sampler: Literal["hqs", "langevin"] = "hqs"
     num_samples: int = 4
     batch_size: int | None = None
+    steps: int = 10
+    branch: int = 6
+    kappa: float = 0.5
+    mu_min: float = 1e-4
+    cg_iterations: int = 5
     levels: int = 60
-    sigma_start: float = 1.0
+    sigma_start: float | None = None
     sigma_end: float = 0.005
     corrector_steps: int = 2
     epsilon: float = 0.3
@@ -108,12 +118,28 @@ class PriorSampleSettings:
     noise_std: float | None = None
     prior: Any = "complex"
     seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def validate(self) -> None:
-        _positive(self, "num_samples", "batch_size", "levels", "epsilon", "noise_std")
-        _check_sigmas(self)
+        _positive(self, "num_samples", "batch_size", "steps", "levels", "epsilon", "noise_std")
+        _positive(self, "kappa", "cg_iterations")
+        _nonnegative(self, "mu_min")
+        _positive(self, "sigma_start", "sigma_end")
+        if self.sigma_end > self.start:
+            raise ConfigError(f"sigma_end ({self.sigma_end}) must be <= sigma_start ({self.start})")
+        if not 0 <= self.branch < self.steps:
+            raise ConfigError(
+                f"branch must be in [0, steps), got {self.branch} (steps {self.steps})"
+            )
         if self.corrector_steps < 0:
             raise ConfigError(f"corrector_steps must be >= 0, got {self.corrector_steps}")
+
+    @property
+    def start(self) -> float:
+        """``sigma_start``, or the sampler's default: 0.1 (hqs, as prior-PICS), 1.0 (langevin)."""
+        if self.sigma_start is not None:
+            return float(self.sigma_start)
+        return 0.1 if self.sampler == "hqs" else 1.0
 
 
 @dataclass
@@ -136,6 +162,7 @@ class PriorNlinvSettings:
     noise_std: float | None = None
     prior: Any = "complex"
     seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def validate(self) -> None:
         _positive(
@@ -185,19 +212,27 @@ def parse_settings(method: str, settings: dict[str, Any] | None) -> Any:
 _PRIORS: dict[tuple[str, str], ScorePrior] = {}
 
 
-def resolve_prior(ref: Any, device: torch.device) -> ScorePrior:
+def resolve_prior(ref: Any, device: torch.device, precision: str | None = None) -> ScorePrior:
     """A :class:`ScorePrior` from an object (moved to ``device``) or a shipped name / path
-    (loaded once per device with :func:`mrprior.priors.load`)."""
+    (loaded once per process and device with :func:`mrprior.priors.load`, so start-up and
+    weight loading are paid once). ``precision`` (``auto`` / ``fp32`` / ``bf16``) is applied
+    to priors that have that attribute (:class:`~mrprior.priors.network.NetworkPrior`)."""
     if isinstance(ref, ScorePrior):
-        return ref.to(device)
-    if not isinstance(ref, str):
-        raise ConfigError(f"prior must be a name, a path or a ScorePrior, got {type(ref).__name__}")
-    key = (ref, str(device))
-    if key not in _PRIORS:
-        from mrprior.priors import load
+        prior = ref.to(device)
+    elif isinstance(ref, str):
+        key = (ref, str(device))
+        if key not in _PRIORS:
+            from mrprior.priors import load
 
-        _PRIORS[key] = load(ref, device)
-    return _PRIORS[key]
+            t0 = time.perf_counter()
+            _PRIORS[key] = load(ref, device)
+            logger.info("prior %r loaded in %.2f s", ref, time.perf_counter() - t0)
+        prior = _PRIORS[key]
+    else:
+        raise ConfigError(f"prior must be a name, a path or a ScorePrior, got {type(ref).__name__}")
+    if precision is not None and hasattr(prior, "precision"):
+        prior.precision = precision  # type: ignore[attr-defined]
+    return prior
 
 
 def estimate_noise_std(kspace: torch.Tensor, mask: torch.Tensor, border: float = 0.2) -> float:
@@ -300,7 +335,7 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
     x = planes.fill
     if planes.problem.num_planes:
         p = planes.problem
-        prior = resolve_prior(s.prior, problem.device)
+        prior = resolve_prior(s.prior, problem.device, s.precision)
         op = plane_operator(p.csm, p.mask)
         support = coil_support(p.csm) if s.support else None
         if s.solver == "hqs":
@@ -346,9 +381,12 @@ def _noise_list(planes: _Planes) -> list[float]:
 
 @register_method("prior-sample", batched=True)
 def prior_sample_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
-    """Posterior sampling (annealed Langevin, predictor–corrector): the posterior mean as the
-    image and the per-pixel posterior std as ``extras["uncertainty"]``. Noise-only planes keep
-    their zero-filled image, with the std of its noise as the uncertainty."""
+    """Posterior sampling: the posterior mean as the image and the per-pixel std of its error
+    as ``extras["uncertainty"]``. Default sampler: stochastic HQS restarts
+    (:func:`~mrprior.recon.posterior.hqs_posterior`, ``steps`` network evaluations per
+    sample, samples and planes batched); ``sampler: langevin``: annealed Langevin
+    (:func:`~mrprior.recon.langevin.annealed_langevin`). Noise-only planes keep their
+    zero-filled image, with the std of its noise as the uncertainty."""
     s = parse_settings("prior-sample", settings)
     t0 = time.perf_counter()
     csm = _require_csm(problem, "prior-sample")
@@ -356,9 +394,10 @@ def prior_sample_method(problem: ReconProblem, settings: dict[str, Any]) -> Reco
     mean = planes.fill
     std = zero_filled_noise_std(csm, problem.mask, planes.noise_all)
     scale: list[float] = []
+    nfe = 0
     if planes.problem.num_planes:
         p = planes.problem
-        prior = resolve_prior(s.prior, problem.device)
+        prior = resolve_prior(s.prior, problem.device, s.precision)
         op = plane_operator(p.csm, p.mask)
         support = coil_support(p.csm) if s.support else None
         # image scale per plane: max of a short CG-SENSE solution
@@ -369,30 +408,53 @@ def prior_sample_method(problem: ReconProblem, settings: dict[str, Any]) -> Reco
             x_cg = x_cg * support
         c = max_scale(x_cg)
         scale = [float(v) for v in c.flatten()]
-        res = annealed_langevin(
-            op,
-            p.kspace,
-            prior,
-            noise_std=_per_image(planes.noise_std) / math.sqrt(2.0),
-            scale=c,
-            num_samples=s.num_samples,
-            batch_size=s.batch_size,
-            sigma=(s.sigma_start, s.sigma_end),
-            levels=s.levels,
-            corrector_steps=s.corrector_steps,
-            epsilon=s.epsilon,
-            predictor=s.predictor,
-            support=support,
-            seed=s.seed,
-        )
+        sn = _per_image(planes.noise_std) / math.sqrt(2.0)
+        if s.sampler == "hqs":
+            res = hqs_posterior(
+                op,
+                p.kspace,
+                prior,
+                noise_std=sn,
+                num_samples=s.num_samples,
+                batch_size=s.batch_size,
+                steps=s.steps,
+                branch=s.branch,
+                sigma=(s.start, s.sigma_end),
+                kappa=s.kappa,
+                mu_min=s.mu_min,
+                cg_iterations=s.cg_iterations,
+                scale=c,
+                support=support,
+                seed=s.seed,
+            )
+            nfe = s.steps
+        else:
+            res = annealed_langevin(
+                op,
+                p.kspace,
+                prior,
+                noise_std=sn,
+                scale=c,
+                num_samples=s.num_samples,
+                batch_size=s.batch_size,
+                sigma=(s.start, s.sigma_end),
+                levels=s.levels,
+                corrector_steps=s.corrector_steps,
+                epsilon=s.epsilon,
+                predictor=s.predictor,
+                support=support,
+                seed=s.seed,
+            )
+            nfe = s.levels * (s.corrector_steps + int(s.predictor)) + 1
         mean = planes.scatter(res.mean)
         std = scatter_planes(planes.active, res.std, std)
     return ReconResult(
         image=mean,
         extras={"uncertainty": std},
         info={
+            "sampler": s.sampler,
             "num_samples": s.num_samples,
-            "levels": s.levels,
+            "network_evaluations_per_sample": nfe,
             "noise_std": _noise_list(planes),
             "scale": scale,
             "planes_skipped": planes.skipped,
@@ -412,7 +474,7 @@ def prior_nlinv_method(problem: ReconProblem, settings: dict[str, Any]) -> Recon
     csm = torch.zeros_like(problem.kspace)
     if planes.problem.num_planes:
         p = planes.problem
-        prior = resolve_prior(s.prior, problem.device) if s.prior_steps > 0 else None
+        prior = resolve_prior(s.prior, problem.device, s.precision) if s.prior_steps > 0 else None
         res = nlinv(
             p.kspace,
             p.mask,

@@ -82,7 +82,13 @@ def test_batches_give_the_same_number_of_samples(under):
 def test_method_returns_uncertainty_map(under):
     res = prior_sample_method(
         under.problem,
-        {"prior": GaussianSmoothnessPrior(), "num_samples": 3, "levels": 10, "seed": 1},
+        {
+            "prior": GaussianSmoothnessPrior(),
+            "sampler": "langevin",
+            "num_samples": 3,
+            "levels": 10,
+            "seed": 1,
+        },
     )
     assert res.image.shape == (N, N)
     assert res.extras["uncertainty"].shape == (N, N)
