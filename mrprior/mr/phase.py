@@ -37,37 +37,51 @@ from mrprior.backend import get_xp
 __all__ = ["apply_phase", "synthetic_phase"]
 
 
-def _coords(shape: tuple[int, int], xp: ModuleType) -> tuple[Any, Any]:
-    """Normalized coordinates ``y, x ∈ [−1, 1]``, each ``[H, W]`` float32 (square pixels)."""
-    h, w = shape
-    # keep pixels square: the longer side spans [−1, 1]
-    s = max(h, w)
-    y = (xp.arange(h, dtype=xp.float32) - (h - 1) / 2) / max(s - 1, 1) * 2
-    x = (xp.arange(w, dtype=xp.float32) - (w - 1) / 2) / max(s - 1, 1) * 2
-    yy, xx = xp.meshgrid(y, x, indexing="ij")
-    return yy, xx
+def _coords(shape: tuple[int, ...], xp: ModuleType) -> list[Any]:
+    """Normalized coordinates ``[y, x]`` (2D) or ``[z, y, x]`` (3D), each ``shape`` float32.
+
+    Voxels are cubic: the longest side spans ``[−1, 1]``.
+    """
+    s = max(shape)
+    axes = [(xp.arange(n, dtype=xp.float32) - (n - 1) / 2) / max(s - 1, 1) * 2 for n in shape]
+    return list(xp.meshgrid(*axes, indexing="ij"))
+
+
+def _monomials(degree: int, ndim: int) -> list[tuple[int, ...]]:
+    """Exponents ``(e_x, e_y[, e_z])`` of total ``degree``, ``e_x`` ascending first."""
+    if ndim == 1:
+        return [(degree,)]
+    return [(i, *rest) for i in range(degree + 1) for rest in _monomials(degree - i, ndim - 1)]
 
 
 def _polynomial(
-    yy: Any, xx: Any, rng: np.random.Generator, order: int, scale: float, xp: ModuleType
+    coords: list[Any], rng: np.random.Generator, order: int, scale: float, xp: ModuleType
 ) -> Any:
-    """Random polynomial ``Σ_{i+j≤order} c_ij x^i y^j``; the constant is uniform in [−π, π).
+    """Random polynomial ``Σ_{|e|≤order} c_e x^{e_x} y^{e_y} (z^{e_z})``; the constant is uniform
+    in [−π, π).
 
     Coefficients of total degree ``d ≥ 1`` are normal with standard deviation
-    ``scale / (d · √(d+1))`` so that higher orders add finer but weaker structure and the total
-    excursion over the field of view is about ``scale`` radians.
+    ``scale / (d · √n_d)``, ``n_d`` the number of monomials of degree ``d`` (``d + 1`` in 2D), so
+    that higher orders add finer but weaker structure and the total excursion over the field of
+    view is about ``scale`` radians.
     """
-    out = xp.full(yy.shape, float(rng.uniform(-math.pi, math.pi)), dtype=xp.float32)
+    # coordinates in the order x, y, (z)
+    xyz = coords[::-1]
+    out = xp.full(coords[0].shape, float(rng.uniform(-math.pi, math.pi)), dtype=xp.float32)
     for d in range(1, order + 1):
-        std = scale / (d * math.sqrt(d + 1))
-        for i in range(d + 1):
+        terms = _monomials(d, len(xyz))
+        std = scale / (d * math.sqrt(len(terms)))
+        for exps in terms:
             c = float(rng.normal(0.0, std))
-            out = out + c * (xx**i) * (yy ** (d - i))
+            term = c
+            for axis, e in zip(xyz, exps, strict=True):
+                term = term * (axis**e)
+            out = out + term
     return out
 
 
 def _smooth_field(
-    shape: tuple[int, int],
+    shape: tuple[int, ...],
     rng: np.random.Generator,
     scale: float,
     correlation: float,
@@ -77,14 +91,15 @@ def _smooth_field(
 
     Scaled to unit standard deviation, then by ``scale`` radians.
     """
-    h, w = shape
-    noise = xp.asarray(rng.standard_normal((h, w)).astype(np.float32))
-    ky = xp.fft.fftfreq(h).astype(xp.float32)[:, None]
-    kx = xp.fft.fftfreq(w).astype(xp.float32)[None, :]
-    # Gaussian smoothing of std ``correlation·max(h,w)`` pixels, applied in k-space
-    sig = correlation * max(h, w)
-    filt = xp.exp(-2.0 * (math.pi**2) * (sig**2) * (ky**2 + kx**2))
-    field = xp.fft.ifft2(xp.fft.fft2(noise) * filt).real.astype(xp.float32)
+    noise = xp.asarray(rng.standard_normal(shape).astype(np.float32))
+    # Gaussian smoothing of std ``correlation·max(shape)`` voxels, applied in k-space
+    sig = correlation * max(shape)
+    k2 = 0
+    for a, n in enumerate(shape):
+        f = xp.fft.fftfreq(n).astype(xp.float32)
+        k2 = k2 + f.reshape([n if b == a else 1 for b in range(len(shape))]) ** 2
+    filt = xp.exp(-2.0 * (math.pi**2) * (sig**2) * k2)
+    field = xp.fft.ifftn(xp.fft.fftn(noise) * filt).real.astype(xp.float32)
     std = float(field.std())
     if std > 0:
         field = field / std
@@ -92,8 +107,7 @@ def _smooth_field(
 
 
 def _b0_components(
-    yy: Any,
-    xx: Any,
+    coords: list[Any],
     rng: np.random.Generator,
     scale: float,
     n_bumps: int,
@@ -104,33 +118,39 @@ def _b0_components(
 
     Each bump ``b·exp(−|r−r₀|²/(2w²))`` has a random centre inside the field of view, width
     ``w ∈ [0.05, 0.25]`` (normalized units) and amplitude ``b ~ N(0, scale)``. Each dipole is
-    ``d · w³ (3 (u·e)² − |u|²) / (|u|² + w²)^{5/2}`` with ``u = r − r₀``, a random unit in-plane
-    B0 direction ``e`` and ``d ~ N(0, scale)``; the ``w²`` term regularizes the singularity, so the
-    pattern is smooth with peak magnitude ``≈ |d|``.
+    ``d · w³ (3 (u·e)² − |u|²) / (|u|² + w²)^{5/2}`` with ``u = r − r₀``, a random unit B0
+    direction ``e`` (in-plane in 2D, any direction in 3D) and ``d ~ N(0, scale)``; the ``w²``
+    term regularizes the singularity, so the pattern is smooth with peak magnitude ``≈ |d|``.
     """
-    out = xp.zeros(yy.shape, dtype=xp.float32)
+    nd = len(coords)
+    out = xp.zeros(coords[0].shape, dtype=xp.float32)
     for _ in range(n_bumps):
-        cy, cx = rng.uniform(-0.8, 0.8, size=2)
+        centre = rng.uniform(-0.8, 0.8, size=nd)
         wdt = float(rng.uniform(0.05, 0.25))
         amp = float(rng.normal(0.0, scale))
-        r2 = (yy - float(cy)) ** 2 + (xx - float(cx)) ** 2
+        r2 = sum((x - float(c)) ** 2 for x, c in zip(coords, centre, strict=True))
         out = out + amp * xp.exp(-r2 / (2 * wdt**2))
     for _ in range(n_dipoles):
-        cy, cx = rng.uniform(-0.7, 0.7, size=2)
+        centre = rng.uniform(-0.7, 0.7, size=nd)
         wdt = float(rng.uniform(0.05, 0.2))
         amp = float(rng.normal(0.0, scale))
         theta = float(rng.uniform(0.0, math.pi))
-        ey, ex = math.cos(theta), math.sin(theta)
-        uy, ux = yy - float(cy), xx - float(cx)
-        u2 = uy**2 + ux**2
-        proj = uy * ey + ux * ex
+        if nd == 2:
+            direction = (math.cos(theta), math.sin(theta))
+        else:  # polar angle theta from z, azimuth phi
+            phi = float(rng.uniform(0.0, 2 * math.pi))
+            st = math.sin(theta)
+            direction = (math.cos(theta), st * math.sin(phi), st * math.cos(phi))
+        u = [x - float(c) for x, c in zip(coords, centre, strict=True)]
+        u2 = sum(v**2 for v in u)
+        proj = sum(v * e for v, e in zip(u, direction, strict=True))
         pattern = (3 * proj**2 - u2) / (u2 + wdt**2) ** 2.5 * wdt**3
         out = out + amp * pattern
     return out.astype(xp.float32)
 
 
 def synthetic_phase(
-    shape: tuple[int, int],
+    shape: tuple[int, ...],
     rng: np.random.Generator,
     *,
     poly_order: int = 3,
@@ -142,12 +162,13 @@ def synthetic_phase(
     max_dipoles: int = 2,
     xp: ModuleType = np,
 ) -> Any:
-    """Draw a smooth random phase map (radians) of a 2D MR image.
+    """Draw a smooth random phase map (radians) of a 2D MR image or a 3D volume.
 
     Parameters
     ----------
     shape
-        ``(H, W)`` of the image.
+        ``(H, W)`` of an image or ``(D, H, W)`` of a volume (the model's terms in 3D: a 3D
+        polynomial, a 3D smooth field, 3D bumps and dipoles with any B0 direction).
     rng
         numpy random generator; the only source of randomness (same seed → same map on any
         ``xp``).
@@ -173,11 +194,11 @@ def synthetic_phase(
     Returns
     -------
     phase
-        float32 ``[H, W]``, unwrapped radians (multiply with ``exp(1j·phase)``; values may exceed
+        float32 ``shape``, unwrapped radians (multiply with ``exp(1j·phase)``; values may exceed
         ±π). Smooth: its gradient is of the order of ``(poly_scale + b0_scale)/H`` per pixel.
     """
-    if len(shape) != 2 or min(shape) < 1:
-        raise ValueError(f"synthetic_phase needs a 2D shape, got {shape=}")
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise ValueError(f"synthetic_phase needs a 2D or 3D shape, got {shape=}")
     if poly_order < 0:
         raise ValueError(f"{poly_order=} must be ≥ 0")
     if min(poly_scale, field_scale, b0_scale) < 0 or field_correlation <= 0:
@@ -185,15 +206,15 @@ def synthetic_phase(
             f"scales must be ≥ 0 and field_correlation > 0: "
             f"{poly_scale=}, {field_scale=}, {b0_scale=}, {field_correlation=}"
         )
-    shape = (int(shape[0]), int(shape[1]))
-    yy, xx = _coords(shape, xp)
-    phase = _polynomial(yy, xx, rng, poly_order, poly_scale, xp)
+    shape = tuple(int(n) for n in shape)
+    coords = _coords(shape, xp)
+    phase = _polynomial(coords, rng, poly_order, poly_scale, xp)
     if field_scale > 0:
         phase = phase + _smooth_field(shape, rng, field_scale, field_correlation, xp)
     if b0_scale > 0:
         n_bumps = int(rng.integers(0, max_bumps + 1))
         n_dip = int(rng.integers(0, max_dipoles + 1))
-        phase = phase + _b0_components(yy, xx, rng, b0_scale, n_bumps, n_dip, xp)
+        phase = phase + _b0_components(coords, rng, b0_scale, n_bumps, n_dip, xp)
     return phase.astype(xp.float32)
 
 

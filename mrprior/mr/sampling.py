@@ -1,13 +1,18 @@
 """Seeded Cartesian sampling masks that report their acceleration ``R = total / sampled``.
 
-Three kinds, all boolean ``[ky, kx]`` with a fully sampled calibration region marked separately:
+Four kinds, all boolean 2D with a fully sampled calibration region marked separately. For a 2D
+slice a mask is ``[ky, kx]``; for a 3D Cartesian scan it is the phase-encoding plane ``[kz, ky]``
+(``kspace_encode_step_2``, ``kspace_encode_step_1``), applied to every readout sample:
+k-space ``[C, kz, ky, kx]`` is sampled where ``mask[:, :, None]``.
 
-* ``"poisson"`` — variable-density Poisson-disc in the (ky, kx) plane (the 2D slice stands in for
-  the ky-kz plane of a 3D scan): dart throwing in a seeded random order, the minimum distance
-  growing with the distance from the k-space centre, its scale tuned by bisection until ``R`` is
-  within ``tolerance`` of the target.
+* ``"poisson"`` — variable-density Poisson-disc (the published method's ky–kz pattern): dart
+  throwing in a seeded random order, the minimum distance growing with the distance from the
+  k-space centre, its scale tuned by bisection until ``R`` is within ``tolerance`` of the target;
+  optionally elliptical (corners never acquired, like ``bart poisson -e``).
 * ``"lines"`` — 1D random phase-encode lines (ky) with a variable density, full readout.
 * ``"uniform"`` — regular undersampling in both dimensions plus a calibration box.
+* ``"caipi"`` — 2D CAIPIRINHA: the regular grid with the sampled positions of each acquired row
+  shifted by ``shift`` (e.g. 3 × 2 with shift 1), plus a calibration box.
 
 Masks are generated on the host (numpy); ``xp.asarray(mask.mask)`` moves one to a GPU.
 """
@@ -23,7 +28,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-MaskKind = Literal["poisson", "lines", "uniform"]
+MaskKind = Literal["poisson", "lines", "uniform", "caipi"]
 
 __all__ = [
     "MaskKind",
@@ -41,9 +46,10 @@ class SamplingMask:
 
     Attributes
     ----------
-    mask : bool ``[ky, kx]``, True where k-space is acquired (includes the calibration region).
-    calib : bool ``[ky, kx]``, True inside the fully sampled calibration region.
-    kind : generator name (``"poisson"``, ``"lines"``, ``"uniform"``).
+    mask : bool ``[ky, kx]`` (2D) or ``[kz, ky]`` (3D), True where k-space is acquired (includes
+        the calibration region).
+    calib : bool, same shape, True inside the fully sampled calibration region.
+    kind : generator name (``"poisson"``, ``"lines"``, ``"uniform"``, ``"caipi"``).
     seed : the seed that reproduces the mask (``None`` for deterministic patterns).
     """
 
@@ -153,6 +159,7 @@ def poisson_disc(
     vd_factor: float = 2.0,
     tolerance: float = 0.02,
     max_iter: int = 40,
+    elliptical: bool = False,
 ) -> SamplingMask:
     """Variable-density Poisson-disc mask with acceleration ``accel`` (within ``tolerance``).
 
@@ -164,13 +171,16 @@ def poisson_disc(
 
     Parameters
     ----------
-    shape : ``(ky, kx)``.
-    accel : target acceleration ``R = total / sampled``.
+    shape : ``(ky, kx)`` of a 2D slice, or ``(kz, ky)`` of the phase-encoding plane of a 3D scan.
+    accel : target acceleration ``R = total / sampled`` (over the whole grid, also when
+        ``elliptical``).
     calib : fully sampled centre box ``(ny, nx)`` (or an int for a square).
     seed : seed of the random order.
     vd_factor : variable-density strength (0 = uniform density).
     tolerance : relative tolerance on ``R`` (at most 0.05).
     max_iter : bisection steps.
+    elliptical : acquire nothing outside the ellipse inscribed in the grid (``ρ > 1``; elliptical
+        scanning of 3D scans, ``bart poisson -e``); the calibration box is always acquired.
 
     Raises
     ------
@@ -186,11 +196,19 @@ def poisson_disc(
             f"calibration box {calib} has {int(box.sum())} points, more than the "
             f"{target:.0f} that R={accel} allows on {shape}"
         )
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(ny * nx)
     yy = (np.arange(ny) - ny // 2) / max(ny / 2, 1)
     xx = (np.arange(nx) - nx // 2) / max(nx / 2, 1)
     rho = np.sqrt(yy[:, None] ** 2 + xx[None, :] ** 2)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(ny * nx)
+    if elliptical:
+        inside = (rho <= 1.0) | box
+        if inside.sum() < target:
+            raise ValueError(
+                f"R={accel} needs {target:.0f} samples, more than the {int(inside.sum())} inside "
+                f"the ellipse of {shape}: use a higher acceleration or elliptical=False"
+            )
+        order = order[inside.ravel()[order]]
     profile = 1.0 + vd_factor * rho
     # initial guess: dart throwing at distance r accepts roughly one point per r² pixels
     lo, hi = 0.05, float(max(ny, nx))
@@ -269,11 +287,17 @@ def variable_density_lines(
     return SamplingMask(mask, cal, "lines", seed)
 
 
-def _uniform(shape: tuple[int, int], step: tuple[int, int], box: np.ndarray) -> np.ndarray:
+def _uniform(
+    shape: tuple[int, int], step: tuple[int, int], box: np.ndarray, shift: int = 0
+) -> np.ndarray:
+    """Regular grid through the k-space centre; acquired row ``j`` (counted from the centre row)
+    is shifted by ``j · shift`` along the second axis (CAIPIRINHA), plus ``box``."""
     ny, nx = shape
     m = np.zeros(shape, dtype=bool)
-    # the grid passes through the k-space centre
-    m[(ny // 2) % step[0] :: step[0], (nx // 2) % step[1] :: step[1]] = True
+    rows = np.arange((ny // 2) % step[0], ny, step[0])
+    for row in rows:
+        j = (row - ny // 2) // step[0]
+        m[row, (nx // 2 + j * shift) % step[1] :: step[1]] = True
     return m | box
 
 
@@ -281,21 +305,33 @@ def uniform_2d(
     shape: tuple[int, int],
     accel: tuple[int, int] | float = (3, 2),
     calib: int | tuple[int, int] = (30, 30),
+    shift: int = 0,
 ) -> SamplingMask:
-    """Regular undersampling by ``(ry, rx)`` in (ky, kx) plus a fully sampled calibration box.
+    """Regular undersampling by ``(r0, r1)`` along the mask's two axes plus a calibration box.
 
-    With ``accel=(ry, rx)`` the grid steps are used as given and ``R`` (reported by the mask) is
-    a little below ``ry · rx`` because of the calibration box. With a number, the integer steps
-    ``1 ≤ ry, rx ≤ 8`` whose ``R`` (box included) is closest to it are chosen, preferring equal
+    For a 2D slice the axes are (ky, kx); for a 3D scan (kz, ky): ``accel=(2, 3)`` on a
+    ``(kz, ky)`` plane skips every other partition and two of three phase-encoding lines (the
+    "3 × 2" pattern). ``shift`` (CAIPIRINHA, 0 ≤ shift < r1) moves the sampled positions of each
+    acquired row by ``shift`` relative to the previous one, so that aliased voxels are spread
+    along both axes; the mask's kind is then ``"caipi"``.
+
+    With ``accel=(r0, r1)`` the grid steps are used as given and ``R`` (reported by the mask) is
+    a little below ``r0 · r1`` because of the calibration box. With a number, the integer steps
+    ``1 ≤ r0, r1 ≤ 8`` whose ``R`` (box included) is closest to it are chosen, preferring equal
     steps; a ``ValueError`` is raised when none is within 5 %.
     """
     ny, nx = _check_shape(shape)
     box = _calib_box((ny, nx), _pair(calib, "calib"))
+    kind = "caipi" if shift else "uniform"
     if isinstance(accel, tuple | list):
         step = _pair(tuple(accel), "accel")
         if min(step) < 1:
             raise ValueError(f"uniform steps must be >= 1: {accel!r}")
-        return SamplingMask(_uniform((ny, nx), step, box), box, "uniform", None)
+        if shift and not 0 < shift < step[1]:
+            raise ValueError(f"CAIPI shift must be in [0, {step[1]}): {shift=}")
+        return SamplingMask(_uniform((ny, nx), step, box, shift), box, kind, None)
+    if shift:
+        raise ValueError("a CAIPI shift needs explicit grid steps accel=(r0, r1)")
     target = _check_accel(float(accel))
     cands = []
     for ry in range(1, 9):
@@ -319,21 +355,29 @@ def make_mask(
     accel: float | tuple[int, int],
     calib: int | tuple[int, int] = 24,
     seed: int = 0,
+    shift: int = 1,
+    elliptical: bool = False,
 ) -> SamplingMask:
-    """Build a mask by name: ``"poisson"``, ``"lines"`` or ``"uniform"``.
+    """Build a mask by name: ``"poisson"``, ``"lines"``, ``"uniform"`` or ``"caipi"``.
 
-    ``calib`` is the calibration box for ``"poisson"``/``"uniform"`` and the number of centre
-    lines for ``"lines"`` (the first entry when a pair is given). ``accel`` is the target ``R``;
-    ``"uniform"`` also takes the grid steps ``(ry, rx)``.
+    ``shape`` is ``(ky, kx)`` of a 2D slice or ``(kz, ky)`` of a 3D scan's phase-encoding plane.
+    ``calib`` is the calibration box for ``"poisson"``/``"uniform"``/``"caipi"`` and the number
+    of centre lines for ``"lines"`` (the first entry when a pair is given). ``accel`` is the
+    target ``R``; ``"uniform"`` also takes the grid steps ``(r0, r1)``, which ``"caipi"`` needs
+    (with the row-to-row ``shift``). ``elliptical`` applies to ``"poisson"``.
     """
     kinds = get_args(MaskKind)
     if kind == "uniform":
         steps = accel if isinstance(accel, tuple | list) else float(accel)
         return uniform_2d(shape, accel=steps, calib=calib)
+    if kind == "caipi":
+        if not isinstance(accel, tuple | list):
+            raise ValueError(f"mask kind 'caipi' needs grid steps (r0, r1), not {accel!r}")
+        return uniform_2d(shape, accel=tuple(accel), calib=calib, shift=shift)
     if isinstance(accel, tuple | list):
         raise ValueError(f"mask kind {kind!r} takes one acceleration number, not {accel!r}")
     if kind == "poisson":
-        return poisson_disc(shape, accel, calib=calib, seed=seed)
+        return poisson_disc(shape, accel, calib=calib, seed=seed, elliptical=elliptical)
     if kind == "lines":
         lines = calib if isinstance(calib, int | np.integer) else _pair(calib, "calib")[0]
         return variable_density_lines(shape, accel, calib_lines=int(lines), seed=seed)

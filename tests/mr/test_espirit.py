@@ -315,3 +315,25 @@ def test_3d_calibration_region_with_kz_ky_mask():
         calibration_region(ku, 12, mask=m.mask.T)
     with pytest.raises(DataError, match="too small for kernel"):
         espirit(ku[:, :8], calib=8, kernel=6)
+
+
+def test_3d_recovers_simulated_coil_maps():
+    """3D ESPIRiT from a ky–kz Poisson-disc sampled volume (R 4, 12³ calibration box, readout
+    fully sampled) recovers the simulator's 3D coil maps: mean coherence >= 0.995 inside the
+    object, maps defined at >= 99 % of its voxels."""
+    from mrprior.mr.simulate import birdcage_maps
+
+    d, h, w = 24, 32, 28
+    zz, yy, xx = np.meshgrid(*((np.arange(n) - n // 2) / (n / 2) for n in (d, h, w)), indexing="ij")
+    vol = ((zz / 0.85) ** 2 + (yy / 0.8) ** 2 + (xx / 0.8) ** 2 < 1).astype(np.float32)
+    vol *= 1 + 0.3 * xx
+    sim = simulate_kspace(vol, coils=8, noise_std=0.005, seed=2)
+    m = poisson_disc((d, h), 4.0, calib=(12, 12), seed=0)
+    k = sim.kspace * m.mask[None, :, :, None]
+    res = espirit(k, calib=12, kernel=5, mask=m.mask)
+    assert res.maps.shape == (8, d, h, w)
+    np.testing.assert_allclose(sim.csm, birdcage_maps((d, h, w), 8), atol=1e-6)
+    obj = vol > 0
+    inside = obj & (res.eigenvalues > 0.8)
+    assert inside.sum() >= 0.99 * obj.sum()
+    assert coherence(res.maps, sim.csm)[inside].mean() >= 0.995
