@@ -77,9 +77,10 @@ def speed(args: argparse.Namespace) -> None:
         "prior-pics (hqs)": ("prior-pics", {"solver": "hqs"}),
         "prior-pics (fista)": ("prior-pics", {"solver": "fista"}),
         "prior-nlinv": ("prior-nlinv", {}),
-        f"prior-sample ({args.samples} samples, {args.levels} levels)": (
+        f"prior-sample ({args.samples} samples, {args.sampler})": (
             "prior-sample",
-            {"num_samples": args.samples, "levels": args.levels},
+            {"num_samples": args.samples, "sampler": args.sampler}
+            | ({"levels": args.levels} if args.sampler == "langevin" else {}),
         ),
     }
     wanted = [m for m in methods if any(m.startswith(w) for w in args.methods)]
@@ -213,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--image", default="mni152_axial_100")
     s.add_argument("--methods", nargs="+", default=["prior-pics", "prior-nlinv", "prior-sample"])
     s.add_argument("--samples", type=int, default=4)
-    s.add_argument("--levels", type=int, default=60, help="prior-sample noise levels")
+    s.add_argument("--levels", type=int, default=60, help="langevin sampler: noise levels")
+    s.add_argument(
+        "--sampler", choices=["hqs", "langevin"], default="hqs", help="prior-sample sampler"
+    )
     s.add_argument("--batch", type=int, default=8, help="CUDA batch of slices")
     s.add_argument("--cpu-only", action="store_true")
     s.set_defaults(func=speed)

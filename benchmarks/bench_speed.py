@@ -67,8 +67,9 @@ def _wall(fn, repeat: int = 1):
     return best, out
 
 
-def _bart(k: np.ndarray, tmp: Path) -> float:
-    """Wall seconds of ``bart ecalib -m1`` + ``bart pics -S -l1 -r 0.01 -i 100`` on ``k [C, y, x]``."""
+def _bart(k: np.ndarray, tmp: Path, threads: int) -> float:
+    """Wall seconds of ``bart ecalib -m1`` + ``bart pics -S -l1 -r 0.01 -i 100`` on ``k [C, y, x]``
+    (``OMP_NUM_THREADS=threads``, as ours)."""
     from mrprior.io.cfl import kspace_to_bart, writecfl
 
     writecfl(tmp / "k", kspace_to_bart(k))
@@ -77,7 +78,8 @@ def _bart(k: np.ndarray, tmp: Path) -> float:
         ["bart", "ecalib", "-m1", "k", "s"],
         ["bart", "pics", "-S", "-l1", "-r", "0.01", "-i", "100", "k", "s", "x"],
     ):
-        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True, env=env)
     return time.perf_counter() - t0
 
 
@@ -118,7 +120,7 @@ def steps(args: argparse.Namespace, tmp: Path) -> None:
         return get_method("prior-pics")(problem, {"prior": "complex"}).image
 
     t_ours, img = _wall(ours)
-    t_bart = _bart(k, tmp)
+    t_bart = _bart(k, tmp, args.threads)
     print("\n### Same k-space: ESPIRiT + prior-PICS against BART ecalib + pics -l1 -i 100\n")
     print(
         markdown_table(
@@ -150,7 +152,7 @@ def cli(args: argparse.Namespace, tmp: Path) -> None:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     t_cli = time.perf_counter() - t0
-    t_bart = _bart(k, tmp)
+    t_bart = _bart(k, tmp, args.threads)
     print("\n### CLI wall time, start-up included, against BART on the same prewhitened data\n")
     print(
         f"`{shlex.join(cmd[1:])}` (raw file: the demo scan of {args.image}, R≈{data.acceleration:.1f})\n"
