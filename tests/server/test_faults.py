@@ -31,7 +31,7 @@ pytestmark = [
 ]
 
 #: a job that runs for minutes: posterior sampling with thousands of annealing levels
-LONG_JOB = {"settings.levels": 5000, "settings.num_samples": 2}
+LONG_JOB = {"settings.sampler": "langevin", "settings.levels": 5000, "settings.num_samples": 2}
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
