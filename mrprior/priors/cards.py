@@ -23,6 +23,7 @@ import yaml
 from mrprior.config import from_dict, to_dict
 from mrprior.errors import CheckpointError, ConfigError
 from mrprior.priors.network import NetworkPrior
+from mrprior.priors.sources import sha256_file
 from mrprior.priors.unet import EDMDenoiser, UNetConfig
 
 logger = logging.getLogger(__name__)
@@ -53,15 +54,6 @@ CARD_KEYS = {
     "description",
 }
 WEIGHT_KEYS = {"file", "sha256", "bytes", "dtype", "parameters", "ema"}
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_prior(

@@ -55,6 +55,17 @@ def node_env() -> dict[str, str]:
     return env
 
 
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from ``sock`` (EOFError naming how many arrived)."""
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError(f"EOF after {len(buf)} of {n} bytes")
+        buf += chunk
+    return buf
+
+
 @dataclass
 class Reply:
     """What a node sent back."""
@@ -119,13 +130,7 @@ class GadgetronRole:
 
     # -- receiving -------------------------------------------------------------------------
     def _read(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise EOFError(f"EOF after {len(buf)} of {n} bytes")
-            buf += chunk
-        return buf
+        return recv_exact(self.sock, n)
 
     def _receive(self) -> None:
         r = self.reply

@@ -107,3 +107,13 @@ def check_images(
     if max_nrmse is not None:
         assert max(errors) < max_nrmse, errors
     return errors
+
+
+def first_slice(case: RawCase) -> list[ismrmrd.Acquisition]:
+    """The acquisitions of ``case`` up to and including the first ``LAST_IN_SLICE``."""
+    out = []
+    for acq in case.acqs:
+        out.append(acq)
+        if acq.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
+            return out
+    raise AssertionError("no LAST_IN_SLICE")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import ismrmrd
 
+from tests.gadget.harness import recv_exact
+
 CONFIG_FILE, CONFIG_TEXT, HEADER, CLOSE, TEXT = 1, 2, 3, 4, 5
 ACQUISITION, IMAGE, WAVEFORM = 1008, 1022, 1026
 DEFAULT_CONFIG = "invertcontrast"  # the FIRE client's default config name
@@ -115,13 +117,7 @@ class FireClient:
 
     # -- receiving ---------------------------------------------------------------------------
     def _read(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise EOFError(f"EOF after {len(buf)} of {n} bytes")
-            buf += chunk
-        return buf
+        return recv_exact(self.sock, n)
 
     def _receive(self) -> None:
         r = self.result

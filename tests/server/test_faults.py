@@ -18,11 +18,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import ismrmrd
 import pytest
 
 from tests.gadget.harness import PYTHON, REPO, GadgetronRole, config_xml, free_port, node_env
-from tests.gadget.rawdata import RawCase
+from tests.gadget.rawdata import RawCase, first_slice
 from tests.server.fire_client import FireClient
 
 pytestmark = [
@@ -50,15 +49,6 @@ def _wait_idle(pid: int, limit: float = 120.0, window: float = 1.5, busy: float 
         if _cpu_seconds(pid) - before < busy:
             return time.monotonic() - t0 - window
     raise AssertionError(f"process {pid} still busy {limit} s later")
-
-
-def _first_slice(case: RawCase) -> list[ismrmrd.Acquisition]:
-    out = []
-    for acq in case.acqs:
-        out.append(acq)
-        if acq.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
-            return out
-    raise AssertionError("no LAST_IN_SLICE")
 
 
 @pytest.fixture
@@ -106,7 +96,7 @@ def _start_long_job(port: int, case: RawCase) -> FireClient:
     client.send_config_file("mrprior_sample")
     client.send_metadata(case.header_xml)
     client.send_text(json.dumps({"parameters": LONG_JOB}))
-    for acq in _first_slice(case):
+    for acq in first_slice(case):
         client.send_acquisition(acq)
     client.send_close()
     deadline = time.monotonic() + 300
@@ -135,7 +125,7 @@ def test_disconnect_mid_job_frees_the_cpu(serve, raw_a3: RawCase, dialect: str) 
         role = GadgetronRole(socket.create_connection(("127.0.0.1", port), timeout=30))
         role.send_config(config_xml({"config": "mrprior_sample", **LONG_JOB}))
         role.send_header(raw_a3.header_xml)
-        role.send_acquisitions(_first_slice(raw_a3))
+        role.send_acquisitions(first_slice(raw_a3))
         role.send_close()
         sock = role.sock
     before = _cpu_seconds(proc.pid)  # the job is running: the process burns CPU

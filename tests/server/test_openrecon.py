@@ -16,7 +16,7 @@ import pytest
 from mrprior.openrecon import LABEL_KEY, label, label_parameters, openrecon_overrides
 from mrprior.pipeline import load_recon_config
 from mrprior.server import MRDServer
-from tests.gadget.rawdata import RawCase
+from tests.gadget.rawdata import RawCase, first_slice
 from tests.server.fire_client import FireClient, FireResult
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,22 +46,13 @@ def server():
     srv.shutdown()
 
 
-def _first_slice(case: RawCase) -> list[ismrmrd.Acquisition]:
-    out = []
-    for acq in case.acqs:
-        out.append(acq)
-        if acq.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
-            return out
-    raise AssertionError("no LAST_IN_SLICE")
-
-
 def _openrecon(server: MRDServer, case: RawCase, parameters: dict, acqs=None) -> FireResult:
     """The scanner's order: config name, JSON parameters TEXT, header, data, CLOSE."""
     client = FireClient.connect(server.port)
     client.send_config_file("openrecon")
     client.send_text(json.dumps({"parameters": parameters}))
     client.send_metadata(case.header_xml)
-    for acq in _first_slice(case) if acqs is None else acqs:
+    for acq in first_slice(case) if acqs is None else acqs:
         client.send_acquisition(acq)
     client.send_close()
     return client.wait()

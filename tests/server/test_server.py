@@ -35,7 +35,7 @@ from tests.gadget.harness import (
     node_env,
     play,
 )
-from tests.gadget.rawdata import RawCase, check_images
+from tests.gadget.rawdata import RawCase, check_images, first_slice
 
 pytestmark = pytest.mark.ismrmrd_tools
 
@@ -64,15 +64,6 @@ def _open(role: GadgetronRole, name: str, props: dict | None = None) -> None:
             role.send_text(json.dumps({"parameters": props}))
     else:
         role.send_config(config_xml({"config": name, **(props or {})}))
-
-
-def _first_slice(case: RawCase) -> list[ismrmrd.Acquisition]:
-    out = []
-    for acq in case.acqs:
-        out.append(acq)
-        if acq.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
-            return out
-    raise AssertionError("no LAST_IN_SLICE")
 
 
 def _probe(srv: MRDServer, dialect: str = "gadgetron") -> None:
@@ -148,7 +139,7 @@ def _truncated_message_header(role: GadgetronRole, case: RawCase) -> None:
 
 def _truncated_payload(role: GadgetronRole, case: RawCase) -> None:
     _send_good_start(role, case)
-    role.send_acquisitions(_first_slice(case))
+    role.send_acquisitions(first_slice(case))
     raw = struct.pack("<H", 1008) + case.acqs[-1].to_bytes()
     role.send_raw(raw[: 2 + 340 + 100])
     role.shutdown_write()
@@ -199,7 +190,7 @@ def _non_cartesian(role: GadgetronRole, case: RawCase) -> None:
 
 
 def _nan_after_a_slice(role: GadgetronRole, case: RawCase) -> None:
-    n = len(_first_slice(case))
+    n = len(first_slice(case))
     acqs = mutate(case.acqs, n + 3, lambda a: a.data.__setitem__((1, 7), np.nan))
     _send_good_start(role, case)
     role.send_acquisitions(acqs)
@@ -251,7 +242,7 @@ def _bad_config(role: GadgetronRole, case: RawCase) -> None:
 
 def _no_close(role: GadgetronRole, case: RawCase) -> None:
     _send_good_start(role, case)
-    role.send_acquisitions(_first_slice(case))
+    role.send_acquisitions(first_slice(case))
     role.shutdown_write()  # stream ends between messages, without CLOSE
 
 
