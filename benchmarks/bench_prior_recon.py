@@ -132,6 +132,7 @@ def quality(args: argparse.Namespace) -> None:
     if args.nlinv:
         methods.append("nlinv-complex")
     cfg = BenchConfig(
+        suite="template",
         images=args.images or BenchConfig().images,
         samplings=args.samplings,
         methods=methods,

@@ -1,17 +1,26 @@
 """The published evaluation, reproducible in one command (``mrprior bench``).
 
-Methods × sampling patterns on held-out anatomy the priors never saw (the MNI152 2009 template
-slices shipped in ``mrprior/data/heldout``; see its ``PROVENANCE.md``), simulated as 8-coil
-k-space with a smooth synthetic phase and complex Gaussian noise
-(:func:`mrprior.mr.simulate.simulate_kspace`); coil maps are estimated by ESPIRiT from the
-calibration region of the undersampled data, as a user would (except for the calibration-free
-NLINV). The outputs are a PSNR/SSIM table (Markdown and CSV) and one PNG per case with the
-images and their error maps side by side.
+Two suites of methods × sampling patterns:
+
+- **real** (primary): slices of held-out real single-subject scans (:data:`EVAL_VOLUMES`: brain
+  of several contrasts, breast, abdomen; registry sources with ``role: eval``, fetched with
+  ``mrprior data fetch --role eval``, never used for training or tuning), simulated as scanner
+  acquisitions by :mod:`mrprior.acquisition` (coil-correlated noise with a noise scan, 2×
+  readout oversampling, a raw ISMRMRD file read back and prewhitened by the pipeline, ESPIRiT
+  maps from the calibration region) and scored against ``|x|·‖W S‖``, the reference of the
+  coil-combination convention of prewhitened data with unit-norm maps (DESIGN.md);
+- **template**: the MNI152 2009 template slices shipped in ``mrprior/data/heldout`` (see its
+  ``PROVENANCE.md``), simulated as 8-coil k-space with white noise
+  (:func:`mrprior.mr.simulate.simulate_kspace`): smooth average images, labelled as such.
+
+The outputs are a PSNR/SSIM table per suite (Markdown and CSV; for the real suite also the mean
+per anatomy group and each method's gain over ``bart pics -l1`` at its best λ) and one PNG per
+case with the images and their error maps side by side.
 
 Fairness: the ℓ1-wavelet baselines (ours and ``bart pics -l1``) get the best λ of a sweep,
-chosen **per case by PSNR against the ground truth** (an oracle choice, favourable to them).
-The prior methods run with their shipped defaults (``mrprior/configs/prior_methods.yaml``),
-the same for every case.
+chosen **per case by PSNR against the reference** (an oracle choice, favourable to them;
+:func:`lambda_sweep`); ``l1-auto`` is ours with ``lam: auto`` (no oracle). The prior methods run
+with their shipped defaults (``mrprior/configs/prior_methods.yaml``), the same for every case.
 
 Metrics: :mod:`mrprior.metrics` (magnitude, least-squares scale fit, whole field of view).
 """
