@@ -91,19 +91,9 @@ class DemoData:
     acceleration: float
 
 
-def _noise_mixing(coils: int, rho: float, rng: np.random.Generator) -> np.ndarray:
-    """Lower-triangular L with L Lᴴ = a coil covariance with correlation ~ρ between neighbours
-    and channel gains 0.8–1.2 (what the prewhitening has to undo)."""
-    idx = np.arange(coils)
-    dist = np.minimum(np.abs(idx[:, None] - idx[None]), coils - np.abs(idx[:, None] - idx[None]))
-    corr = rho ** dist.astype(np.float64)
-    gains = rng.uniform(0.8, 1.2, coils)
-    cov = corr * np.outer(gains, gains)
-    return np.linalg.cholesky(cov).astype(np.complex64)
-
-
 def simulate_scan(cfg: DemoConfig, out_dir: Path) -> DemoData:
     """Simulate the demo scan and write it as ``out_dir/raw.h5`` (ISMRMRD raw data)."""
+    from mrprior.acquisition import coil_noise_mixing
     from mrprior.evaluation import load_image
     from mrprior.io.synthetic_raw import RawSlice, write_cartesian_raw
     from mrprior.mr.sampling import variable_density_lines
@@ -114,7 +104,7 @@ def simulate_scan(cfg: DemoConfig, out_dir: Path) -> DemoData:
     sim = simulate_kspace(img, coils=cfg.coils, seed=cfg.seed)  # noiseless
     obj = np.abs(sim.image)
     sigma = float(obj[obj > 0.1 * obj.max()].mean() / cfg.snr)
-    mix = _noise_mixing(cfg.coils, cfg.noise_correlation, rng)
+    mix = coil_noise_mixing(cfg.coils, cfg.noise_correlation, rng)
 
     def noise(shape: tuple[int, ...]) -> np.ndarray:
         white = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * (
