@@ -1,4 +1,5 @@
-"""Read magnitude image volumes: NIfTI, NRRD, DICOM series (Siemens mosaics unpacked).
+"""Read magnitude image volumes: NIfTI, NRRD, DICOM series (Siemens mosaics unpacked), and
+numpy arrays pickled in a ``dict`` (read without unpickling, :mod:`mrprior.io.pickled_arrays`).
 
 :func:`load_volume` returns ``float32`` voxels and the voxel size (mm) of each array axis. The
 axis order is the file's natural one: NIfTI is reoriented to the closest canonical (RAS+) order
@@ -11,12 +12,17 @@ applied.
 The NRRD reader here covers what scanners and 3D Slicer write: attached data, encodings
 ``raw``, ``gzip`` and ``bzip2``, the integer and float types, either endianness, ``space
 directions`` or ``spacings``.
+
+A pickle (``.pkl``, as ``mdreg`` ships its scans) must hold a ``dict`` whose ``array`` is the 3D
+or 4D volume in its stored order (volumes on the last axis) and whose ``spacing`` (optional, else
+1 mm) is the voxel size of the first three axes.
 """
 
 from __future__ import annotations
 
 import bz2
 import gzip
+import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -26,6 +32,9 @@ from typing import Any
 import numpy as np
 
 from mrprior.errors import DataError
+from mrprior.io.pickled_arrays import read_pickled_arrays
+
+logger = logging.getLogger(__name__)
 
 Spacing = tuple[float, float, float]
 
@@ -273,14 +282,32 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, Spacing]:
     return data, (zooms[0], zooms[1], zooms[2])
 
 
+def read_pickled_volume(path: str | Path) -> tuple[np.ndarray, Spacing]:
+    """The ``array`` (3D or 4D) and ``spacing`` of a pickled ``dict``, never unpickling it."""
+    obj = read_pickled_arrays(path)
+    arr = obj.get("array") if isinstance(obj, dict) else None
+    if not isinstance(arr, np.ndarray) or arr.ndim not in (3, 4):
+        raise DataError(f"{path}: pickle holds no 3D/4D numpy array under 'array'")
+    spacing = obj.get("spacing")
+    if spacing is None:
+        logger.warning("%s: no 'spacing' in the pickle; 1 mm assumed", path)
+        spacing = (1.0, 1.0, 1.0)
+    sp = [float(v) for v in spacing]
+    if len(sp) != 3 or not all(math.isfinite(v) and v > 0 for v in sp):
+        raise DataError(f"{path}: 'spacing' {spacing!r} is not three positive sizes")
+    return np.asarray(arr, dtype=np.float32), (sp[0], sp[1], sp[2])
+
+
 def volume_kind(path: str | Path) -> str | None:
-    """``nifti``, ``nrrd``, ``dicom`` or ``None`` from the name (and the DICOM preamble)."""
+    """``nifti``, ``nrrd``, ``dicom``, ``pickle`` or ``None`` from the name (and DICOM preamble)."""
     p = Path(path)
     name = p.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         return "nifti"
     if name.endswith((".nrrd", ".nhdr")):
         return "nrrd"
+    if name.endswith(".pkl"):
+        return "pickle"
     if name.endswith(DICOM_SUFFIXES):
         return "dicom"
     try:
@@ -328,7 +355,9 @@ def load_volume(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, S
     kinds = {f: volume_kind(f) for f in files}
     unknown = [str(f) for f, k in kinds.items() if k is None]
     if unknown:
-        raise DataError(f"unknown image file type: {unknown[:5]} (NIfTI, NRRD or DICOM expected)")
+        raise DataError(
+            f"unknown image file type: {unknown[:5]} (NIfTI, NRRD, DICOM or .pkl expected)"
+        )
     if len(set(kinds.values())) > 1:
         raise DataError(f"mixed file types {sorted(set(kinds.values()))}: load one volume")
     kind = next(iter(kinds.values()))
@@ -338,6 +367,8 @@ def load_volume(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, S
         raise DataError(f"{len(files)} {kind} files given: one volume per call")
     if kind == "nifti":
         return read_nifti(files[0])
+    if kind == "pickle":
+        return read_pickled_volume(files[0])
     data, spacing = read_nrrd(files[0])
     if data.ndim == 2:
         data, spacing = data[:, :, None], (*spacing, 1.0)
