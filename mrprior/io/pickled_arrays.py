@@ -3,10 +3,10 @@
 Some packages ship their example scans as a pickled ``dict`` of numpy arrays (``mdreg``'s
 ``VFA.pkl``). :mod:`pickle` would run whatever the file names, so this module never calls it:
 :func:`read_pickled_arrays` walks the opcodes with :func:`pickletools.genops` (a pure parser)
-and evaluates a closed subset itself: containers, strings, numbers, bytes, and only three
-callables, rebuilt here from their arguments: ``numpy.dtype``, ``numpy.core.numeric._frombuffer``
-(an array from raw bytes, the form numpy >= 1.x pickles contiguous arrays in, protocol 5) and
-``numpy.core.multiarray.scalar``. Anything else (another global, an object build, a persistent
+and evaluates a closed subset itself: containers, strings, numbers, bytes, and only the numpy
+constructors, rebuilt here from their arguments: ``numpy.dtype``, ``_frombuffer`` (an array from
+raw bytes, how protocol 5 stores contiguous arrays), ``_reconstruct`` + state (protocols 3 and 4)
+and ``scalar``. Anything else (another global, an object build, a persistent
 id) is refused with a :class:`~mrprior.errors.DataError` naming the opcode or the callable.
 """
 
@@ -22,7 +22,7 @@ from mrprior.errors import DataError
 
 _MODULES = ("numpy", "numpy.core.numeric", "numpy._core.numeric", "numpy.core.multiarray",
             "numpy._core.multiarray")  # fmt: skip
-_NAMES = {"dtype", "_frombuffer", "scalar"}
+_NAMES = {"dtype", "_frombuffer", "scalar", "_reconstruct", "ndarray"}
 
 _PUSH = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINBYTES",
          "BINBYTES", "BINBYTES8", "BYTEARRAY8", "BININT", "BININT1", "BININT2", "LONG1",
@@ -42,24 +42,44 @@ class _Mark:
     pass
 
 
+class _EmptyArray:
+    """``_reconstruct(ndarray, ...)``: an array whose shape, dtype and bytes the BUILD gives."""
+
+
+def _array(buf: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
+    if (
+        not isinstance(dtype, np.dtype)
+        or order not in ("C", "F")
+        or not isinstance(buf, bytes | bytearray)
+    ):
+        raise DataError(f"pickled array of dtype {dtype!r}, order {order!r} not understood")
+    n = int(np.prod(shape)) * dtype.itemsize
+    if len(buf) != n:
+        raise DataError(f"pickled array: {len(buf)} bytes for shape {shape} {dtype}")
+    return np.frombuffer(bytes(buf), dtype).reshape(shape, order=order)
+
+
 def _call(fn: _Global, args: tuple) -> Any:
     if fn.name == "dtype":
         return np.dtype(str(args[0]))
     if fn.name == "_frombuffer":
-        buf, dtype, shape, order = args
-        if not isinstance(dtype, np.dtype) or order not in ("C", "F"):
-            raise DataError(f"pickled array of dtype {dtype!r}, order {order!r} not understood")
-        n = int(np.prod(shape)) * dtype.itemsize
-        if len(buf) != n:
-            raise DataError(f"pickled array: {len(buf)} bytes for shape {shape} {dtype}")
-        return np.frombuffer(bytes(buf), dtype).reshape(shape, order=order)
-    dtype, raw = args  # scalar
-    return np.frombuffer(bytes(raw), dtype)[0]
+        return _array(*args)
+    if fn.name == "_reconstruct":
+        if not (isinstance(args[0], _Global) and args[0].name == "ndarray"):
+            raise DataError("pickle reconstructs something other than a numpy array")
+        return _EmptyArray()
+    if fn.name == "scalar":
+        dtype, raw = args
+        return np.frombuffer(bytes(raw), dtype)[0]
+    raise DataError(f"pickle calls numpy {fn.name}")
 
 
 def _build(obj: Any, state: Any) -> Any:
     if isinstance(obj, np.dtype) and isinstance(state, tuple) and len(state) > 1:
         return obj.newbyteorder(state[1]) if state[1] in "<>" else obj
+    if isinstance(obj, _EmptyArray) and isinstance(state, tuple) and len(state) == 5:
+        _, shape, dtype, fortran, raw = state
+        return _array(raw, dtype, shape, "F" if fortran else "C")
     raise DataError(f"pickle builds a {type(obj).__name__} object: only numpy arrays are read")
 
 
@@ -146,6 +166,8 @@ def read_pickled_arrays(path: str | Path) -> Any:
                 return stack[0]
             else:
                 raise DataError(f"{path}: pickle opcode {name} is not read (numpy arrays only)")
+    except DataError:
+        raise
     except (ValueError, IndexError, TypeError, KeyError) as exc:
         raise DataError(f"{path}: malformed pickle: {exc}") from exc
     raise DataError(f"{path}: pickle ends without STOP")

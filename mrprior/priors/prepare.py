@@ -48,6 +48,7 @@ IMAGE_EXT = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm")
 HDF5_EXT = (".h5", ".hdf5")
 DICOM_EXT = (".dcm", ".dicom", ".ima")
 NRRD_EXT = (".nrrd", ".nhdr")
+PICKLE_EXT = (".pkl",)  # numpy arrays in a dict, read without unpickling (io.pickled_arrays)
 
 
 @dataclass
@@ -140,6 +141,8 @@ def _kind(path: Path) -> str | None:
         return "hdf5"
     if name.endswith(NRRD_EXT):
         return "nrrd"
+    if name.endswith(PICKLE_EXT):
+        return "pickle"
     if _is_dicom(path):
         return "dicom"
     return None
@@ -373,6 +376,7 @@ def read_sources(
                     "image": _read_image,
                     "hdf5": _read_hdf5,
                     "nrrd": _read_nrrd,
+                    "pickle": _read_nrrd,  # load_volume reads both
                 }[kind]
                 volumes.extend(reader(p, spec))
             except Exception as exc:
