@@ -14,8 +14,9 @@ The NRRD reader here covers what scanners and 3D Slicer write: attached data, en
 directions`` or ``spacings``.
 
 A pickle (``.pkl``, as ``mdreg`` ships its scans) must hold a ``dict`` whose ``array`` is the 3D
-or 4D volume in its stored order (volumes on the last axis) and whose ``spacing`` (optional, else
-1 mm) is the voxel size of the first three axes.
+or 4D volume in its stored order (volumes on the last axis) and whose ``spacing`` (optional) is
+the voxel size of the first three axes; with only a 2-value ``pixel_spacing`` the slice spacing
+is taken as the larger in-plane size, with neither 1 mm (both logged).
 """
 
 from __future__ import annotations
@@ -289,6 +290,10 @@ def read_pickled_volume(path: str | Path) -> tuple[np.ndarray, Spacing]:
     if not isinstance(arr, np.ndarray) or arr.ndim not in (3, 4):
         raise DataError(f"{path}: pickle holds no 3D/4D numpy array under 'array'")
     spacing = obj.get("spacing")
+    if spacing is None and obj.get("pixel_spacing") is not None and len(obj["pixel_spacing"]) == 2:
+        px = [float(v) for v in obj["pixel_spacing"]]
+        logger.warning("%s: slice spacing not stored; the in-plane %.3g mm assumed", path, max(px))
+        spacing = (*px, max(px))
     if spacing is None:
         logger.warning("%s: no 'spacing' in the pickle; 1 mm assumed", path)
         spacing = (1.0, 1.0, 1.0)

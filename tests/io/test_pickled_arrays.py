@@ -62,6 +62,15 @@ def test_refuses_other_callables(tmp_path):
         read_pickled_arrays(path)
 
 
+def test_pixel_spacing_only(tmp_path):
+    path = tmp_path / "p.pkl"
+    arr = np.arange(32, dtype=np.int16).reshape(4, 4, 2)
+    path.write_bytes(pickle.dumps({"array": arr, "pixel_spacing": [1.5, 1.25]}, protocol=4))
+    data, spacing = load_volume(path)
+    np.testing.assert_array_equal(data, arr)
+    assert spacing == (1.5, 1.25, 1.5)
+
+
 def test_bad_pickles(tmp_path):
     trunc = tmp_path / "t.pkl"
     trunc.write_bytes(pickle.dumps({"array": np.zeros((2, 2, 2))}, protocol=5)[:-20])
