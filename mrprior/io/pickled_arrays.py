@@ -6,7 +6,9 @@ Some packages ship their example scans as a pickled ``dict`` of numpy arrays (``
 and evaluates a closed subset itself: containers, strings, numbers, bytes, and only the numpy
 constructors, rebuilt here from their arguments: ``numpy.dtype``, ``_frombuffer`` (an array from
 raw bytes, how protocol 5 stores contiguous arrays), ``_reconstruct`` + state (protocols 3 and 4)
-and ``scalar``. Anything else (another global, an object build, a persistent
+and ``scalar``. Instances of the allow-listed record classes of :data:`RECORDS` (plain
+containers of arrays, e.g. ``vreg.vol.Volume3D``) come back as their state ``dict`` with the
+class name under ``"__class__"``; the class itself is never imported. Anything else (another global, an object build, a persistent
 id) is refused with a :class:`~mrprior.errors.DataError` naming the opcode or the callable.
 """
 
@@ -31,15 +33,25 @@ _CONST = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
 _SKIP = {"PROTO", "FRAME", "MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"}
 
 
+#: classes whose instances are plain records of arrays: read as their state dict
+RECORDS = {("vreg.vol", "Volume3D")}
+
+
 class _Global:
     def __init__(self, module: str, name: str) -> None:
-        if module not in _MODULES or name not in _NAMES:
-            raise DataError(f"pickle refers to {module}.{name}: only numpy arrays are read")
+        self.record = (module, name) in RECORDS
+        self.qualname = f"{module}.{name}"
         self.name = name
+        if not self.record and (module not in _MODULES or name not in _NAMES):
+            raise DataError(f"pickle refers to {module}.{name}: only numpy arrays are read")
 
 
 class _Mark:
     pass
+
+
+class _Record(dict):
+    """An instance of a :data:`RECORDS` class: its state, and its class name under ``__class__``."""
 
 
 class _EmptyArray:
@@ -75,6 +87,11 @@ def _call(fn: _Global, args: tuple) -> Any:
 
 
 def _build(obj: Any, state: Any) -> Any:
+    if isinstance(obj, _Record):
+        if not isinstance(state, dict):
+            raise DataError(f"{obj['__class__']} record with a {type(state).__name__} state")
+        obj.update(state)  # in place: memo references stay the same object
+        return obj
     if isinstance(obj, np.dtype) and isinstance(state, tuple) and len(state) > 1:
         return obj.newbyteorder(state[1]) if state[1] in "<>" else obj
     if isinstance(obj, _EmptyArray) and isinstance(state, tuple) and len(state) == 5:
@@ -143,11 +160,17 @@ def read_pickled_arrays(path: str | Path) -> Any:
             elif name == "GLOBAL":
                 module, qual = str(arg).split(" ", 1)
                 stack.append(_Global(module, qual))
+            elif name == "NEWOBJ":
+                args = stack.pop()
+                cls = stack.pop()
+                if not (isinstance(cls, _Global) and cls.record) or args != ():
+                    raise DataError(f"pickle creates a {getattr(cls, 'qualname', cls)!r} object")
+                stack.append(_Record(__class__=cls.qualname))  # BUILD fills its state
             elif name == "REDUCE":
                 args = stack.pop()
                 fn = stack.pop()
-                if not isinstance(fn, _Global):
-                    raise DataError(f"pickle calls a {type(fn).__name__}")
+                if not isinstance(fn, _Global) or fn.record:
+                    raise DataError(f"pickle calls {getattr(fn, 'qualname', type(fn).__name__)}")
                 stack.append(_call(fn, args))
             elif name == "BUILD":
                 state = stack.pop()

@@ -13,10 +13,11 @@ The NRRD reader here covers what scanners and 3D Slicer write: attached data, en
 ``raw``, ``gzip`` and ``bzip2``, the integer and float types, either endianness, ``space
 directions`` or ``spacings``.
 
-A pickle (``.pkl``, as ``mdreg`` ships its scans) must hold a ``dict`` whose ``array`` is the 3D
-or 4D volume in its stored order (volumes on the last axis) and whose ``spacing`` (optional) is
-the voxel size of the first three axes; with only a 2-value ``pixel_spacing`` the slice spacing
-is taken as the larger in-plane size, with neither 1 mm (both logged).
+A pickle (``.pkl``, as ``mdreg`` and ``vreg`` ship their scans) must hold a ``dict`` (or a
+``vreg`` ``Volume3D``) whose ``array`` (``_values``) is the 3D or 4D volume in its stored order
+(volumes on the last axis); the voxel size of the first three axes comes from ``spacing``, else
+the column norms of ``_affine``, else a 2-value ``pixel_spacing`` with the slice spacing taken as
+the larger in-plane size, else 1 mm (the last two logged).
 """
 
 from __future__ import annotations
@@ -283,20 +284,29 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, Spacing]:
     return data, (zooms[0], zooms[1], zooms[2])
 
 
-def read_pickled_volume(path: str | Path) -> tuple[np.ndarray, Spacing]:
-    """The ``array`` (3D or 4D) and ``spacing`` of a pickled ``dict``, never unpickling it."""
-    obj = read_pickled_arrays(path)
-    arr = obj.get("array") if isinstance(obj, dict) else None
-    if not isinstance(arr, np.ndarray) or arr.ndim not in (3, 4):
-        raise DataError(f"{path}: pickle holds no 3D/4D numpy array under 'array'")
-    spacing = obj.get("spacing")
-    if spacing is None and obj.get("pixel_spacing") is not None and len(obj["pixel_spacing"]) == 2:
-        px = [float(v) for v in obj["pixel_spacing"]]
+def _pickle_spacing(obj: dict, path: str | Path) -> Any:
+    if obj.get("spacing") is not None:
+        return obj["spacing"]
+    affine = obj.get("_affine")
+    if isinstance(affine, np.ndarray) and affine.shape == (4, 4):
+        return np.linalg.norm(affine[:3, :3], axis=0)
+    px = obj.get("pixel_spacing")
+    if px is not None and len(px) == 2:
+        px = [float(v) for v in px]
         logger.warning("%s: slice spacing not stored; the in-plane %.3g mm assumed", path, max(px))
-        spacing = (*px, max(px))
-    if spacing is None:
-        logger.warning("%s: no 'spacing' in the pickle; 1 mm assumed", path)
-        spacing = (1.0, 1.0, 1.0)
+        return (*px, max(px))
+    logger.warning("%s: no 'spacing' in the pickle; 1 mm assumed", path)
+    return (1.0, 1.0, 1.0)
+
+
+def read_pickled_volume(path: str | Path) -> tuple[np.ndarray, Spacing]:
+    """The volume (3D or 4D) and voxel size of a pickled ``dict``, never unpickling it."""
+    obj = read_pickled_arrays(path)
+    key = next((k for k in ("array", "_values") if isinstance(obj, dict) and k in obj), None)
+    arr = obj[key] if key else None
+    if not isinstance(arr, np.ndarray) or arr.ndim not in (3, 4):
+        raise DataError(f"{path}: pickle holds no 3D/4D numpy array under 'array' or '_values'")
+    spacing = _pickle_spacing(obj, path)
     sp = [float(v) for v in spacing]
     if len(sp) != 3 or not all(math.isfinite(v) and v > 0 for v in sp):
         raise DataError(f"{path}: 'spacing' {spacing!r} is not three positive sizes")

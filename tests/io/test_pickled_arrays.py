@@ -71,6 +71,42 @@ def test_pixel_spacing_only(tmp_path):
     assert spacing == (1.5, 1.25, 1.5)
 
 
+class Volume3D:
+    """Stands in for ``vreg.vol.Volume3D`` (pickled under that name below)."""
+
+    def __init__(self, values, affine):
+        self._values = values
+        self._affine = affine
+
+
+Volume3D.__module__ = "vreg.vol"
+
+
+def test_vreg_volume_record(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "vreg", types.ModuleType("vreg"))
+    mod = types.ModuleType("vreg.vol")
+    mod.Volume3D = Volume3D
+    monkeypatch.setitem(sys.modules, "vreg.vol", mod)
+    values = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    affine = np.array([[1.25, 0, 0, 1], [0, 0, 1.5, 2], [0, -1.25, 0, 3], [0, 0, 0, 1]])
+    path = tmp_path / "vol.pkl"
+    path.write_bytes(pickle.dumps(Volume3D(values, affine), protocol=4))
+    got = read_pickled_arrays(path)
+    assert got["__class__"] == "vreg.vol.Volume3D"
+    np.testing.assert_array_equal(got["_values"], values)
+    data, spacing = load_volume(path)
+    np.testing.assert_array_equal(data, values)
+    assert spacing == (1.25, 1.25, 1.5)
+    listed = tmp_path / "list.pkl"
+    v = Volume3D(values, affine)
+    listed.write_bytes(pickle.dumps([v, v], protocol=4))  # a shared reference (memo)
+    both = read_pickled_arrays(listed)
+    assert both[0] is both[1] and both[0]["_values"].shape == (3, 4, 5)
+
+
 def test_bad_pickles(tmp_path):
     trunc = tmp_path / "t.pkl"
     trunc.write_bytes(pickle.dumps({"array": np.zeros((2, 2, 2))}, protocol=5)[:-20])
