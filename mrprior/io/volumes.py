@@ -1,5 +1,6 @@
-"""Read magnitude image volumes: NIfTI, NRRD, DICOM series (Siemens mosaics unpacked), and
-numpy arrays pickled in a ``dict`` (read without unpickling, :mod:`mrprior.io.pickled_arrays`).
+"""Read magnitude image volumes: NIfTI, NRRD, DICOM series (Siemens mosaics unpacked), numpy
+arrays pickled in a ``dict`` (read without unpickling, :mod:`mrprior.io.pickled_arrays`) and
+grayscale PNG / TIFF / PGM slices (``[frames, rows, cols]``, 1 mm: the files store no size).
 
 :func:`load_volume` returns ``float32`` voxels and the voxel size (mm) of each array axis. The
 axis order is the file's natural one: NIfTI is reoriented to the closest canonical (RAS+) order
@@ -313,8 +314,32 @@ def read_pickled_volume(path: str | Path) -> tuple[np.ndarray, Spacing]:
     return np.asarray(arr, dtype=np.float32), (sp[0], sp[1], sp[2])
 
 
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".pgm")
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, Spacing]:
+    """A grayscale image file (every frame of a multi-page TIFF) as ``[frames, rows, cols]``.
+
+    Colour images are converted to luminance; the files hold no voxel size, so 1 mm is
+    returned.
+    """
+    from PIL import Image, ImageSequence, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            frames = [
+                np.asarray(fr.convert("L") if fr.mode in ("RGB", "RGBA", "P", "LA") else fr)
+                for fr in ImageSequence.Iterator(im)
+            ]
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path}: unreadable image: {exc}") from exc
+    if not frames or frames[0].ndim != 2:
+        raise DataError(f"{path}: not a grayscale image")
+    return np.stack(frames).astype(np.float32), (1.0, 1.0, 1.0)
+
+
 def volume_kind(path: str | Path) -> str | None:
-    """``nifti``, ``nrrd``, ``dicom``, ``pickle`` or ``None`` from the name (and DICOM preamble)."""
+    """``nifti``, ``nrrd``, ``dicom``, ``pickle``, ``image`` or ``None`` from the name / preamble."""
     p = Path(path)
     name = p.name.lower()
     if name.endswith((".nii", ".nii.gz")):
@@ -323,6 +348,8 @@ def volume_kind(path: str | Path) -> str | None:
         return "nrrd"
     if name.endswith(".pkl"):
         return "pickle"
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
     if name.endswith(DICOM_SUFFIXES):
         return "dicom"
     try:
@@ -371,7 +398,7 @@ def load_volume(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, S
     unknown = [str(f) for f, k in kinds.items() if k is None]
     if unknown:
         raise DataError(
-            f"unknown image file type: {unknown[:5]} (NIfTI, NRRD, DICOM or .pkl expected)"
+            f"unknown image file type: {unknown[:5]} (NIfTI, NRRD, DICOM, .pkl or PNG/TIFF expected)"
         )
     if len(set(kinds.values())) > 1:
         raise DataError(f"mixed file types {sorted(set(kinds.values()))}: load one volume")
@@ -384,6 +411,8 @@ def load_volume(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, S
         return read_nifti(files[0])
     if kind == "pickle":
         return read_pickled_volume(files[0])
+    if kind == "image":
+        return read_image(files[0])
     data, spacing = read_nrrd(files[0])
     if data.ndim == 2:
         data, spacing = data[:, :, None], (*spacing, 1.0)
