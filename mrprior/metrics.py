@@ -128,3 +128,29 @@ def all_metrics(x: Any, ref: Any) -> dict[str, float]:
         "nrmse": nrmse(x, ref),
         "scale": fit_scale(x, ref),
     }
+
+
+def standardized_errors(mean: Any, std: Any, ref: Any, object_fraction: float = 0.05) -> np.ndarray:
+    """Errors of a posterior mean in units of its uncertainty, on the object's pixels.
+
+    With ``a`` the least-squares scale of ``|mean|`` to ``|ref|`` (:func:`fit_scale`), returns
+    ``z = |a|mean| − |ref|| / (a · std / √2)`` over the pixels where ``|ref| > object_fraction ·
+    max|ref|``. ``std`` is the per-pixel standard deviation of the complex error (``√E|e|²``,
+    the convention of ``prior-sample``'s uncertainty map); the magnitude error is its component
+    along the image phase, whose standard deviation is ``std / √2`` for an isotropic complex
+    error. Magnitudes are compared because a reference of the real suite has no phase.
+    """
+    xa, ra = _mags(mean, ref)
+    sa = np.abs(to_numpy(std)).astype(np.float64)
+    if sa.shape != xa.shape:
+        raise ValueError(f"std and image shapes differ: {sa.shape} != {xa.shape}")
+    a = fit_scale(xa, ra)
+    obj = ra > object_fraction * ra.max()
+    err = np.abs(a * xa - ra)[obj]
+    return err / np.maximum(a * sa[obj] / math.sqrt(2.0), 1e-30)
+
+
+def interval_coverage(mean: Any, std: Any, ref: Any, k: float = 2.0) -> float:
+    """Fraction of the object's pixels whose true magnitude lies within ``mean ± k·std``
+    (:func:`standardized_errors`; ``k = 2`` is a nominal 95.4 % for a Gaussian error)."""
+    return float(np.mean(standardized_errors(mean, std, ref) <= k))

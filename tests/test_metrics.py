@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from mrprior.metrics import all_metrics, fit_scale, nrmse, psnr, ssim
+from mrprior.metrics import (
+    all_metrics,
+    fit_scale,
+    interval_coverage,
+    nrmse,
+    psnr,
+    ssim,
+    standardized_errors,
+)
 
 
 def test_hand_computed_values():
@@ -87,3 +95,34 @@ def test_errors():
         ssim(np.ones((5, 5)), np.ones((5, 5)))
     with pytest.raises(ValueError, match="zeros"):
         psnr(np.ones(3), np.zeros(3))
+
+
+def test_interval_coverage_is_nominal_for_a_calibrated_gaussian_error():
+    rng = np.random.default_rng(1)
+    truth = 1.0 + rng.random((128, 128))  # every pixel is object
+    phase = np.exp(1j * rng.uniform(-np.pi, np.pi, truth.shape))
+    std = 0.05 * (1 + rng.random(truth.shape))  # per-pixel std of the complex error
+    err = (
+        std
+        / math.sqrt(2)
+        * (rng.standard_normal(truth.shape) + 1j * rng.standard_normal(truth.shape))
+    )
+    mean = (truth + err) * phase  # the phase does not count: magnitudes are compared
+    cov = interval_coverage(mean, std, truth)
+    assert cov == pytest.approx(math.erf(2 / math.sqrt(2)), abs=0.01)
+    # an uncertainty map half as large covers far less; twice as large nearly everything
+    assert interval_coverage(mean, std / 2, truth) == pytest.approx(
+        math.erf(1 / math.sqrt(2)), abs=0.02
+    )
+    assert interval_coverage(mean, 2 * std, truth) > 0.999
+
+
+def test_standardized_errors_only_count_the_object():
+    truth = np.zeros((8, 8))
+    truth[2:6, 2:6] = 1.0
+    mean = truth.copy()
+    mean[0, 0] = 5.0  # a large error in the background is ignored
+    z = standardized_errors(mean, np.full(truth.shape, 0.1), truth)
+    assert z.size == 16
+    with pytest.raises(ValueError, match="shapes differ"):
+        standardized_errors(mean, np.ones((4, 4)), truth)

@@ -52,6 +52,18 @@ from mrprior.recon.prior_pics import max_scale, sigma_schedule
 
 logger = logging.getLogger(__name__)
 
+#: Calibration of the uncertainty map of :func:`hqs_posterior` (``prior-sample``'s default
+#: sampler): the factor on the std of the mean's error that makes ``mean ± 2·std`` cover its
+#: nominal 95.4 % of the true magnitude errors inside the object, pooled over simulated
+#: acquisitions of **training** scans at every sampling of the bench
+#: (``benchmarks/calibrate_uncertainty.py`` fits and prints it; the held-out coverage is measured
+#: by ``benchmarks/bench_speed.py --sections sampler``). It is large because the samples differ
+#: only in the detail the last, stochastic levels resolve: structure fixed by the shared
+#: deterministic levels, and the scan's own noise that no recon recovers, are absent from the
+#: sample spread. The spread gives the map's shape (where the data leave the image open); this
+#: factor gives its scale.
+HQS_UNCERTAINTY_SCALE: float = 4.1
+
 
 def hqs_posterior(
     op: LinearOperator,

@@ -42,7 +42,7 @@ from mrprior.recon.planes import (
     zero_filled_noise_std,
 )
 from mrprior.recon.pnp import pnp_hqs
-from mrprior.recon.posterior import hqs_posterior
+from mrprior.recon.posterior import HQS_UNCERTAINTY_SCALE, hqs_posterior
 from mrprior.recon.prior_pics import max_scale, prior_fista
 from mrprior.recon.problem import ReconProblem, ReconResult, register_method
 
@@ -75,10 +75,10 @@ class PriorPicsSettings:
     """Settings of ``prior-pics`` (see ``mrprior/configs/prior_methods.yaml``)."""
 
     solver: Literal["hqs", "fista"] = "hqs"
-    iterations: int = 20
+    iterations: int = 16
     sigma_start: float = 0.1
     sigma_end: float = 0.005
-    kappa: float = 0.5
+    kappa: float = 0.35
     mu_min: float = 1e-4
     cg_iterations: int = 5
     lam: float = 1e-4
@@ -103,9 +103,9 @@ class PriorSampleSettings:
     sampler: Literal["hqs", "langevin"] = "hqs"
     num_samples: int = 4
     batch_size: int | None = None
-    steps: int = 20
-    branch: int = 12
-    kappa: float = 0.5
+    steps: int = 16
+    branch: int = 10
+    kappa: float = 0.35
     mu_min: float = 1e-4
     cg_iterations: int = 5
     levels: int = 60
@@ -116,13 +116,14 @@ class PriorSampleSettings:
     predictor: bool = True
     support: bool = True
     noise_std: float | None = None
+    uncertainty_scale: float | None = None
     prior: Any = "complex"
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def validate(self) -> None:
         _positive(self, "num_samples", "batch_size", "steps", "levels", "epsilon", "noise_std")
-        _positive(self, "kappa", "cg_iterations")
+        _positive(self, "kappa", "cg_iterations", "uncertainty_scale")
         _nonnegative(self, "mu_min")
         _positive(self, "sigma_start", "sigma_end")
         if self.sigma_end > self.start:
@@ -140,6 +141,14 @@ class PriorSampleSettings:
         if self.sigma_start is not None:
             return float(self.sigma_start)
         return 0.1 if self.sampler == "hqs" else 1.0
+
+    @property
+    def std_scale(self) -> float:
+        """``uncertainty_scale``, or the sampler's calibration: :data:`HQS_UNCERTAINTY_SCALE`
+        (hqs), 1 (langevin, asymptotically exact)."""
+        if self.uncertainty_scale is not None:
+            return float(self.uncertainty_scale)
+        return HQS_UNCERTAINTY_SCALE if self.sampler == "hqs" else 1.0
 
 
 @dataclass
@@ -447,7 +456,7 @@ def prior_sample_method(problem: ReconProblem, settings: dict[str, Any]) -> Reco
             )
             nfe = s.levels * (s.corrector_steps + int(s.predictor)) + 1
         mean = planes.scatter(res.mean)
-        std = scatter_planes(planes.active, res.std, std)
+        std = scatter_planes(planes.active, res.std * s.std_scale, std)
     return ReconResult(
         image=mean,
         extras={"uncertainty": std},
@@ -455,6 +464,7 @@ def prior_sample_method(problem: ReconProblem, settings: dict[str, Any]) -> Reco
             "sampler": s.sampler,
             "num_samples": s.num_samples,
             "network_evaluations_per_sample": nfe,
+            "uncertainty_scale": s.std_scale,
             "noise_std": _noise_list(planes),
             "scale": scale,
             "planes_skipped": planes.skipped,

@@ -164,3 +164,25 @@ def test_a_plane_by_plane_method_gets_batches_too(batch: ReconProblem) -> None:
     assert res.image.shape == res.extras["twice"].shape == (3, *SHAPE)
     torch.testing.assert_close(res.extras["twice"], 2 * res.image.abs())
     assert len(res.info["sum"]) == 3
+
+
+def test_uncertainty_scale_scales_the_sampler_map_only(batch):
+    """``uncertainty_scale`` multiplies the std of the reconstructed planes (not the image);
+    left unset, the hqs sampler applies its calibration and langevin none."""
+    from mrprior.recon.posterior import HQS_UNCERTAINTY_SCALE
+
+    method = get_method("prior-sample")
+    base = {"prior": GaussianSmoothnessPrior(), "num_samples": 2, "steps": 4, "branch": 2}
+    one = method(batch, {**base, "uncertainty_scale": 1.0})
+    three = method(batch, {**base, "uncertainty_scale": 3.0})
+    default = method(batch, base)
+    active = [0, 1]  # plane 2 is noise only: its map is the zero-filled noise std, unscaled
+    torch.testing.assert_close(three.image, one.image)
+    u1, u3 = one.extras["uncertainty"], three.extras["uncertainty"]
+    torch.testing.assert_close(u3[active], 3.0 * u1[active])
+    torch.testing.assert_close(u3[2], u1[2])
+    torch.testing.assert_close(
+        default.extras["uncertainty"][active], HQS_UNCERTAINTY_SCALE * u1[active]
+    )
+    assert default.info["uncertainty_scale"] == HQS_UNCERTAINTY_SCALE
+    assert three.info["uncertainty_scale"] == 3.0
