@@ -104,7 +104,7 @@ class PriorSampleSettings:
     num_samples: int = 4
     batch_size: int | None = None
     steps: int = 16
-    branch: int = 10
+    branch: int = 12
     kappa: float = 0.35
     mu_min: float = 1e-4
     cg_iterations: int = 5
