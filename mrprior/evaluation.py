@@ -545,7 +545,7 @@ DEFAULT_METHODS = (
     "pics-magnitude",
     "nlinv-complex",
 )
-SUITES = ("real", "template", "all")
+SUITES = ("real", "template", "all", "volume")
 
 
 # -- configuration and results -----------------------------------------------------------------
@@ -556,12 +556,15 @@ class BenchConfig:
     Attributes
     ----------
     suite : ``real`` (held-out real scans, :data:`EVAL_VOLUMES`), ``template`` (MNI152 template
-        slices, ``images``) or ``all`` (both tables).
+        slices, ``images``), ``all`` (both tables) or ``volume`` (3D cases from the held-out
+        real scans, :mod:`mrprior.evaluation_3d`; its defaults:
+        :func:`mrprior.evaluation_3d.volume_config`).
     volumes : keys of :data:`EVAL_VOLUMES` (real suite).
     images : template slice names or PNG paths (template suite).
     samplings : keys of :data:`SAMPLINGS`.
     methods : keys of :data:`METHODS`.
-    size : matrix size (square).
+    size : matrix size (square; 2D suites).
+    volume_shape : matrix ``(z, y, x)`` of the volume suite.
     snr : simulation SNR (mean object magnitude / noise std per k-space sample).
     phase : phase model of the simulated complex images (:data:`PHASE_MODELS`).
     seed : seeds simulation, masks and stochastic methods.
@@ -582,6 +585,7 @@ class BenchConfig:
     samplings: list[str] = field(default_factory=lambda: list(SAMPLINGS))
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     size: int = 256
+    volume_shape: tuple[int, int, int] = (32, 48, 48)
     snr: float = 40.0
     phase: str = "synthetic"
     seed: int = 0
@@ -600,12 +604,19 @@ class BenchConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ConfigError(f"unknown method(s) {bad}; valid: {list(METHODS)}")
-        bad = [s for s in self.samplings if s not in SAMPLINGS]
-        if bad:
-            raise ConfigError(f"unknown sampling(s) {bad}; valid: {list(SAMPLINGS)}")
         bad = [v for v in self.volumes if v not in EVAL_VOLUMES]
         if bad:
             raise ConfigError(f"unknown volume(s) {bad}; valid: {list(EVAL_VOLUMES)}")
+        if self.suite == "volume":
+            from mrprior.evaluation_3d import validate_volume_config
+
+            if not self.volumes:
+                raise ConfigError("no real volumes to evaluate")
+            validate_volume_config(self)
+            return
+        bad = [s for s in self.samplings if s not in SAMPLINGS]
+        if bad:
+            raise ConfigError(f"unknown sampling(s) {bad}; valid: {list(SAMPLINGS)}")
         if self.suite in ("real", "all") and not self.volumes:
             raise ConfigError("no real volumes to evaluate")
         if self.suite in ("template", "all") and not self.images:
@@ -758,6 +769,11 @@ def run_bench(
             methods.append(m)
     rows: list[Row] = []
     files: list[Path] = []
+    if cfg.suite == "volume":
+        from mrprior.evaluation_3d import run_volume_suite
+
+        rows = run_volume_suite(cfg, methods, out, progress)
+        return BenchResult(rows, skipped, write_tables(rows, out, cfg, skipped))
     makers = _case_makers(cfg, device)
     bar = tqdm(total=len(makers) * len(methods), disable=not progress, desc="bench", unit="recon")
     for name, sampling, make in makers:
@@ -886,8 +902,13 @@ def write_tables(
             )
     lines = ["# mrprior bench", ""]
     if cfg is not None:
+        matrix = (
+            "×".join(str(v) for v in cfg.volume_shape) + " (z×y×x)"
+            if cfg.suite == "volume"
+            else f"{cfg.size}²"
+        )
         lines += [
-            f"{cfg.size}², SNR {cfg.snr:g}, phase model {cfg.phase!r}, seed {cfg.seed}. "
+            f"{matrix}, SNR {cfg.snr:g}, phase model {cfg.phase!r}, seed {cfg.seed}. "
             "Coil maps: ESPIRiT from the calibration region (NLINV: none).",
             "ℓ1 baselines: λ chosen per case by best PSNR, walking the grid "
             f"{{{', '.join(f'{v:g}' for v in cfg.l1_lambdas)}}}"
@@ -897,7 +918,7 @@ def write_tables(
             "Metrics: magnitude after a least-squares scale fit, whole field of view.",
             "",
         ]
-    for suite in ("real", "template"):
+    for suite in ("real", "volume", "template"):
         srows = [r for r in rows if r.suite == suite]
         if srows:
             lines += _suite_tables(srows, suite, cfg)
@@ -927,6 +948,19 @@ def _suite_tables(rows: list[Row], suite: str, cfg: BenchConfig | None) -> list[
             "oversampling, raw ISMRMRD file, the pipeline's prewhitening), each recon scored "
             "against |x|·‖W S‖ (the coil-combination convention of prewhitened data with "
             "unit-norm ESPIRiT maps).",
+            "",
+        ]
+    elif suite == "volume":
+        lines = [
+            "## 3D volumes from real held-out scans",
+            "",
+            "Held-out real scans resampled to a 3D matrix (z × y × x = partitions × phase "
+            "encodes × readout), simulated as 3D multi-coil acquisitions (3D coil maps, smooth "
+            "3D phase, coil-correlated noise with a noise scan, 2× readout oversampling, raw "
+            "ISMRMRD file) with ky–kz sampling, reconstructed through the pipeline "
+            "(prewhitening, oversampling removal, 3D ESPIRiT, readout iFFT, batched (ky, kz) "
+            "planes; bart: ecalib + pics -S -l1 on the 3D k-space). Volume PSNR; SSIM per "
+            "z partition averaged; reference |x|·‖W S‖; seconds per volume.",
             "",
         ]
     else:
@@ -961,7 +995,7 @@ def _suite_tables(rows: list[Row], suite: str, cfg: BenchConfig | None) -> list[
             for m in methods
         ]
         lines.append(f"| {sampling} | " + " | ".join(cells) + " |")
-    if suite == "real":
+    if suite in ("real", "volume"):
         groups = {
             "brain / head": [r for r in rows if r.anatomy == "brain"],
             "non-brain": [r for r in rows if r.anatomy != "brain"],
@@ -983,7 +1017,8 @@ def _suite_tables(rows: list[Row], suite: str, cfg: BenchConfig | None) -> list[
                     cell += f" ({np.mean(g):+.2f}; min {min(g):+.2f})"
                 cells.append(cell)
             lines.append(f"| {gname} | {ncases} | " + " | ".join(cells) + " |")
-    lines += ["", "### Mean seconds per slice", ""]
+    unit = "volume" if suite == "volume" else "slice"
+    lines += ["", f"### Mean seconds per {unit}", ""]
     lines += ["| " + " | ".join(labels[m] for m in methods) + " |"]
     lines += ["|" + "---|" * len(methods)]
     lines.append(
