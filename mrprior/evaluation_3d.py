@@ -382,8 +382,14 @@ def validate_volume_config(cfg: BenchConfig) -> None:
         )
     shape = check_volume_shape(cfg.volume_shape)
     calib = volume_calib(shape[:2])
-    if calib > min(shape[:2]):
-        raise ConfigError(f"volume shape {shape}: the calibration box {calib} does not fit")
+    for s in cfg.samplings:  # cheap: a (kz, ky) mask, no k-space
+        try:
+            VOLUME_SAMPLINGS[s].make(shape[:2], cfg.seed, calib)
+        except (ConfigError, DataError, ValueError) as exc:
+            raise ConfigError(
+                f"sampling {s!r} does not fit the volume shape {shape} (calibration box "
+                f"{calib}×{calib}): {exc}"
+            ) from None
 
 
 def _volume_recon(
