@@ -444,15 +444,28 @@ def lambda_sweep(
     return best, scores
 
 
-def _swept(case: Case, cfg: BenchConfig, recon: Callable[[float], torch.Tensor]) -> MethodOutput:
-    images: dict[float, torch.Tensor] = {}
+def sweep_best(
+    truth: Any,
+    cfg: BenchConfig,
+    recon: Callable[[float], Any],
+    image: Callable[[Any], Any] = lambda r: r,
+) -> tuple[float, Any, dict[float, float]]:
+    """The oracle λ sweep of the ℓ1 baselines: :func:`lambda_sweep` over ``cfg.l1_lambdas``
+    of the PSNR of ``image(recon(λ))`` against ``truth``. Returns ``(best λ, recon(best λ),
+    {λ: PSNR})``."""
+    runs: dict[float, Any] = {}
 
     def score(lam: float) -> float:
-        images[lam] = recon(lam)
-        return psnr(images[lam], case.truth)
+        runs[lam] = recon(lam)
+        return psnr(image(runs[lam]), truth)
 
     best, scores = lambda_sweep(score, cfg.l1_lambdas, refine=cfg.refine_lambda)
-    return MethodOutput(images[best], {"lam": best, "sweep": scores})
+    return best, runs[best], scores
+
+
+def _swept(case: Case, cfg: BenchConfig, recon: Callable[[float], torch.Tensor]) -> MethodOutput:
+    best, img, scores = sweep_best(case.truth, cfg, recon)
+    return MethodOutput(img, {"lam": best, "sweep": scores})
 
 
 def _run_registered(name: str, settings: dict[str, Any]) -> MethodRunner:
@@ -745,7 +758,8 @@ def _case_makers(cfg: BenchConfig, device: torch.device) -> list[tuple[str, str,
 def run_bench(
     cfg: BenchConfig, out_dir: str | Path, progress: bool = True, figures: bool = True
 ) -> BenchResult:
-    """Run the evaluation and write ``results.csv``, ``results.md`` and PNG figures."""
+    """Run the evaluation and write ``results.csv``, ``results.md`` and PNG figures (one per
+    2D case; the volume suite writes the tables only)."""
     from tqdm import tqdm
 
     cfg.validate()

@@ -416,25 +416,18 @@ class _Result:
 def _swept(
     case: VolumeCase, cfg: BenchConfig, recon: Callable[[float], tuple[np.ndarray, float]]
 ) -> _Result:
-    """Best-PSNR λ of ``recon`` over ``cfg.l1_lambdas`` (oracle, :func:`lambda_sweep`); the
-    seconds are those of the best λ's run."""
-    from mrprior.evaluation import lambda_sweep
-    from mrprior.metrics import psnr
+    """Best-PSNR λ of ``recon`` (→ volume, seconds) over ``cfg.l1_lambdas`` (oracle,
+    :func:`~mrprior.evaluation.sweep_best`); the seconds are those of the best λ's run."""
+    from mrprior.evaluation import sweep_best
 
-    runs: dict[float, tuple[np.ndarray, float]] = {}
-
-    def score(lam: float) -> float:
-        runs[lam] = recon(lam)
-        return psnr(runs[lam][0], case.reference)
-
-    best, scores = lambda_sweep(score, cfg.l1_lambdas, refine=cfg.refine_lambda)
+    best, (img, seconds), scores = sweep_best(case.reference, cfg, recon, image=lambda r: r[0])
     logger.info(
         "%s %s λ sweep: %s",
         case.name,
         case.sampling,
         ", ".join(f"{k:g}: {v:.2f}" for k, v in sorted(scores.items())),
     )
-    return _Result(runs[best][0], runs[best][1], best)
+    return _Result(img, seconds, best)
 
 
 def _run_method(name: str, case: VolumeCase, cfg: BenchConfig, work: Path) -> _Result:
