@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mrprior.errors import ConfigError, DataError
+from mrprior.evaluation import METHODS
 from mrprior.mr.sampling import SamplingMask, poisson_disc, uniform_2d
 
 if TYPE_CHECKING:
@@ -50,16 +51,16 @@ logger = logging.getLogger(__name__)
 VOLUME_SHAPE: tuple[int, int, int] = (32, 48, 48)
 #: smallest edge of a volume matrix (ESPIRiT kernel and calibration box must fit)
 MIN_EDGE = 16
-#: methods of the volume suite (names and labels as in :data:`mrprior.evaluation.METHODS`)
-VOLUME_METHODS: tuple[str, ...] = (
-    "zerofill",
-    "cg-sense",
-    "l1-ours",
-    "l1-auto",
-    "l1-bart",
-    "pics-complex",
-    "pics-magnitude",
-)
+#: every method of :data:`mrprior.evaluation.METHODS` runs in the volume suite (same names and
+#: labels); its prior methods: name -> (registered method, prior kind)
+_PRIOR_METHODS: dict[str, tuple[str, str]] = {
+    "pics-complex": ("prior-pics", "complex"),
+    "pics-magnitude": ("prior-pics", "magnitude"),
+    "nlinv-complex": ("prior-nlinv", "complex"),
+    "sample-complex": ("prior-sample", "complex"),
+}
+#: the volume suite's default methods (ℓ1 and prior-PICS: the comparison of the issue; CG-SENSE,
+#: prior-NLINV and posterior sampling on request)
 DEFAULT_VOLUME_METHODS: tuple[str, ...] = (
     "zerofill",
     "l1-ours",
@@ -368,12 +369,8 @@ def volume_config(**overrides: Any) -> BenchConfig:
 
 
 def validate_volume_config(cfg: BenchConfig) -> None:
-    """The volume suite's own checks (called by ``BenchConfig.validate``)."""
-    bad = [m for m in cfg.methods if m not in VOLUME_METHODS]
-    if bad:
-        raise ConfigError(
-            f"method(s) {bad} not available in the volume suite; valid: {list(VOLUME_METHODS)}"
-        )
+    """The volume suite's own checks (called by ``BenchConfig.validate`` after the method and
+    volume names): samplings and volume shape."""
     bad = [s for s in cfg.samplings if s not in VOLUME_SAMPLINGS]
     if bad:
         raise ConfigError(
@@ -451,9 +448,10 @@ def _run_method(name: str, case: VolumeCase, cfg: BenchConfig, work: Path) -> _R
             return step.image, bart.ecalib.seconds + step.seconds
 
         return _swept(case, cfg, recon)
-    if name in ("pics-complex", "pics-magnitude"):
-        prior = cfg.prior if name == "pics-complex" else cfg.magnitude_prior
-        img, _, dt = _volume_recon(case, cfg, "prior-pics", {"prior": prior, "seed": cfg.seed})
+    if name in _PRIOR_METHODS:
+        method, kind = _PRIOR_METHODS[name]
+        prior = cfg.prior if kind == "complex" else cfg.magnitude_prior
+        img, _, dt = _volume_recon(case, cfg, method, {"prior": prior, "seed": cfg.seed})
         return _Result(img, dt)
     raise ConfigError(f"method {name!r} not available in the volume suite")
 
@@ -484,7 +482,7 @@ def run_volume_suite(
     tables are rewritten after every case (a stopped run keeps its rows)."""
     from tqdm import tqdm
 
-    from mrprior.evaluation import METHODS, Row, write_tables
+    from mrprior.evaluation import Row, write_tables
 
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-volume-", dir=out) as tmp:
