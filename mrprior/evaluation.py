@@ -9,6 +9,10 @@ Two suites of methods × sampling patterns:
   readout oversampling, a raw ISMRMRD file read back and prewhitened by the pipeline, ESPIRiT
   maps from the calibration region) and scored against ``|x|·‖W S‖``, the reference of the
   coil-combination convention of prewhitened data with unit-norm maps (DESIGN.md);
+- **volume** (``mrprior bench --suite volume``, :mod:`mrprior.evaluation_3d`): the same held-out
+  scans resampled to a small 3D matrix, simulated as 3D multi-coil raw files with ky–kz sampling
+  (Poisson-disc, CAIPI 3×2) and reconstructed through the pipeline (3D ESPIRiT, batched planes;
+  ``bart ecalib`` + ``bart pics -l1`` on the 3D k-space): volume PSNR / SSIM, seconds per volume;
 - **template**: the MNI152 2009 template slices shipped in ``mrprior/data/heldout`` (see its
   ``PROVENANCE.md``), simulated as 8-coil k-space with white noise
   (:func:`mrprior.mr.simulate.simulate_kspace`): smooth average images, labelled as such.

@@ -84,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--methods",
         type=_csv,
         metavar="A,B",
-        help=f"methods, any of {_METHODS} (default: all but sample-complex)",
+        help=f"methods, any of {_METHODS} (default: all but sample-complex; volume suite: "
+        "zerofill, l1-ours, l1-auto, l1-bart, pics-complex, pics-magnitude)",
     )
     p.add_argument("--out", default="bench_out", metavar="DIR", help="output directory")
     p.add_argument("--size", type=int, help="matrix size (default 256; --quick: 64)")
