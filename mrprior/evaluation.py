@@ -583,7 +583,8 @@ class BenchConfig:
     size : matrix size (square; 2D suites).
     volume_shape : matrix ``(z, y, x)`` of the volume suite.
     snr : simulation SNR (mean object magnitude / noise std per k-space sample).
-    phase : phase model of the simulated complex images (:data:`PHASE_MODELS`).
+    phase : phase model of the simulated complex images (:data:`PHASE_MODELS`; 2D suites: the
+        volume suite has the smooth 3D phase of :func:`~mrprior.mr.simulate.simulate_kspace`).
     seed : seeds simulation, masks and stochastic methods.
     device : ``auto``, ``cpu`` or ``cuda``.
     prior, magnitude_prior : prior name / card path, or a ScorePrior object.
@@ -920,13 +921,13 @@ def write_tables(
             )
     lines = ["# mrprior bench", ""]
     if cfg is not None:
-        matrix = (
-            "×".join(str(v) for v in cfg.volume_shape) + " (z×y×x)"
-            if cfg.suite == "volume"
-            else f"{cfg.size}²"
-        )
+        if cfg.suite == "volume":
+            matrix = "×".join(str(v) for v in cfg.volume_shape) + " (z×y×x)"
+            phase = "smooth 3D phase of the simulation"
+        else:
+            matrix, phase = f"{cfg.size}²", f"phase model {cfg.phase!r}"
         lines += [
-            f"{matrix}, SNR {cfg.snr:g}, phase model {cfg.phase!r}, seed {cfg.seed}. "
+            f"{matrix}, SNR {cfg.snr:g}, {phase}, seed {cfg.seed}. "
             "Coil maps: ESPIRiT from the calibration region (NLINV: none).",
             "ℓ1 baselines: λ chosen per case by best PSNR, walking the grid "
             f"{{{', '.join(f'{v:g}' for v in cfg.l1_lambdas)}}}"
