@@ -41,7 +41,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -60,6 +59,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_info, markdown_table  # noqa: E402
 
+from mrprior.evaluation_3d import VolumeCase  # noqa: E402
+
 logger = logging.getLogger("bench_3d")
 
 DEFAULT_VOLUME = (
@@ -70,85 +71,42 @@ DEFAULT_VOLUME = (
 LAMBDAS = (0.001, 0.003, 0.01, 0.03)
 
 
-# -- data --------------------------------------------------------------------------------------
+# -- data (mrprior.evaluation_3d: the same code as `mrprior bench --suite volume`) -------------
 def load_volume(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     """A NIfTI/NRRD volume as float32 ``[z, y, x]`` resampled (linear) to ``shape``, max 1.
 
-    NIfTI is reoriented to RAS+ and stored as ``[S, A, R]`` (axial partitions along z).
+    :func:`mrprior.evaluation_3d.volume_zyx` (a RAS+ NIfTI becomes ``[S, A, R]``: axial
+    partitions along z), flipped so that superior comes first and anterior is at the top of each
+    (y, x) plane, then :func:`mrprior.evaluation_3d.resample_volume` (no percentile clip).
     """
-    from scipy import ndimage
+    from mrprior.evaluation_3d import resample_volume, volume_zyx
+    from mrprior.io.volumes import load_volume as read_volume
 
-    if path.suffix == ".nrrd":
-        import nrrd  # type: ignore[import-not-found]
-
-        data, _ = nrrd.read(str(path))
-        vol = np.asarray(data, dtype=np.float32).transpose(2, 1, 0)
-    else:
-        import nibabel as nib
-
-        img = nib.as_closest_canonical(nib.load(str(path)))
-        vol = np.asarray(img.dataobj, dtype=np.float32).transpose(2, 1, 0)  # [S, A, R]
-    vol = vol[::-1, ::-1]  # superior first, anterior at the top of each (y, x) plane
-    zoom = [t / s for t, s in zip(shape, vol.shape, strict=True)]
-    out = ndimage.zoom(vol, zoom, order=1, prefilter=False)
-    out = np.clip(out, 0, None)
-    return (out / out.max()).astype(np.float32)
+    arr, spacing = read_volume(path)
+    if arr.ndim == 4:
+        arr = arr[..., 0]
+    vol = volume_zyx(arr, spacing)[::-1, ::-1]
+    return resample_volume(vol, shape, clip_percentile=None)
 
 
 def make_masks(shape: tuple[int, int], seed: int, accel: float, calib: int) -> dict[str, Any]:
-    from mrprior.mr.sampling import poisson_disc, uniform_2d
+    from mrprior.evaluation_3d import caipi_kykz, poisson_kykz
 
     return {
-        f"poisson{accel:g}": poisson_disc(
-            shape, accel, calib=(calib, calib), seed=seed, elliptical=True
-        ),
-        "caipi3x2": uniform_2d(shape, accel=(2, 3), calib=(calib, calib), shift=1),
+        f"poisson{accel:g}": poisson_kykz(shape, accel, calib, seed),
+        "caipi3x2": caipi_kykz(shape, calib),
     }
-
-
-@dataclass
-class Case:
-    name: str
-    raw: Path
-    acceleration: float
-    reference: np.ndarray  # |m| · ‖W S‖, [z, y, x]
 
 
 def simulate(
     vol: np.ndarray, coils: int, snr: float, seed: int, accel: float, calib: int, out: Path
-):
+) -> list[VolumeCase]:
     """Write one raw file per sampling; return the cases with their references."""
-    from mrprior.io.synthetic_raw import Geometry, RawSlice, write_cartesian_raw
-    from mrprior.mr.noise import noise_covariance, whitening_matrix
-    from mrprior.mr.simulate import coil_noise_covariance, simulate_kspace
+    from mrprior.evaluation_3d import simulate_volume
 
-    sim = simulate_kspace(
-        vol,
-        coils=coils,
-        snr=snr,
-        seed=seed,
-        noise_cov=coil_noise_covariance(coils, seed=seed),
-        noise_samples=256 * 2 * vol.shape[2],
-        readout_oversampling=2,
-    )
-    w = np.asarray(whitening_matrix(noise_covariance(sim.noise_scan)))
-    ws = np.tensordot(w, sim.csm, axes=(1, 0))
-    reference = (np.abs(sim.image) * np.linalg.norm(ws, axis=0)).astype(np.float32)
-    cases = []
-    nz, ny, nx = vol.shape
-    for name, m in make_masks((nz, ny), seed, accel, calib).items():
-        raw = write_cartesian_raw(
-            out / f"raw_{name}.h5",
-            [RawSlice(sim.kspace, m.mask, m.calib)],
-            noise_scan=sim.noise_scan,
-            fov_mm=(1.875 * nx, 1.875 * ny, 1.625 * nz),
-            readout_oversampling=2,
-            geometry=Geometry(),
-            kspace_oversampled=True,
-        )
-        cases.append(Case(name, raw, float(m.acceleration), reference))
-        logger.info("%s: R=%.2f -> %s", name, m.acceleration, raw)
-    return cases
+    nz, ny, _ = vol.shape
+    masks = make_masks((nz, ny), seed, accel, calib)
+    return simulate_volume(vol, masks, out, coils=coils, snr=snr, seed=seed, calib=calib)
 
 
 # -- ours: one child process per run -----------------------------------------------------------
@@ -173,8 +131,8 @@ def child(raw: str, method: str, settings: str, out: str, threads: int) -> None:
     print(json.dumps({"wall_s": wall, "max_rss_mb": rss, **info}))
 
 
-def run_ours(case: Case, method: str, settings: dict, threads: int, work: Path) -> dict:
-    out = work / f"{case.name}_{method}_{abs(hash(json.dumps(settings, sort_keys=True)))}.npy"
+def run_ours(case: VolumeCase, method: str, settings: dict, threads: int, work: Path) -> dict:
+    out = work / f"{case.sampling}_{method}_{abs(hash(json.dumps(settings, sort_keys=True)))}.npy"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO))
     cmd = [sys.executable, __file__, "--child", str(case.raw), method, json.dumps(settings)]
     proc = subprocess.run(
@@ -187,48 +145,18 @@ def run_ours(case: Case, method: str, settings: dict, threads: int, work: Path) 
     return res
 
 
-# -- BART ----------------------------------------------------------------------------------------
-def _timed_bart(args: list[str], cwd: Path, threads: int) -> tuple[float, float]:
-    """Run ``bart args`` under /usr/bin/time: (wall seconds, max RSS MB)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    cmd = ["/usr/bin/time", "-f", "MAXRSS %M", "bart", *args]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"bart {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-    rss = float(re.findall(r"MAXRSS (\d+)", proc.stderr)[-1]) / 1024
-    return wall, rss
+# -- BART (mrprior.evaluation_3d.BartVolume) -----------------------------------------------------
+def run_bart(
+    case: VolumeCase, lambdas: tuple[float, ...], calib: int, threads: int, work: Path
+) -> dict:
+    from mrprior.evaluation_3d import BartVolume
 
-
-def run_bart(case: Case, lambdas: tuple[float, ...], calib: int, threads: int, work: Path) -> dict:
-    from mrprior.io.cfl import image_from_bart, kspace_to_bart, readcfl, writecfl
-    from mrprior.io.raw import read_raw
-    from mrprior.pipeline import load_recon_config, preprocess
-
-    _, groups = read_raw(case.raw)
-    ks = preprocess(groups[0], load_recon_config(overrides={"method": "l1", "device": "cpu"}))
-    sampled = np.logical_or(ks.mask, ks.calib)
-    d = work / f"bart_{case.name}"
-    d.mkdir(parents=True, exist_ok=True)
-    writecfl(d / "k", kspace_to_bart(np.asarray(ks.data) * sampled[None]))
-    del ks, groups
-    t_cal, rss_cal = _timed_bart(
-        ["ecalib", "-m1", "-r", str(calib), "-k", "6", "-t", "0.001", "-c", "0.8", "k", "s"],
-        d,
-        threads,
-    )
+    bart = BartVolume(case.kspace, calib, work / f"bart_{case.sampling}", threads=threads)
     runs = {}
-    for i, lam in enumerate(lambdas):
-        t, rss = _timed_bart(
-            ["pics", "-S", "-l1", "-r", f"{lam:g}", "-i", "100", "k", "s", f"x{i}"], d, threads
-        )
-        runs[lam] = {
-            "wall_s": t,
-            "max_rss_mb": rss,
-            "image": image_from_bart(readcfl(d / f"x{i}"), ndim=3),
-        }
-    return {"ecalib_s": t_cal, "ecalib_rss_mb": rss_cal, "runs": runs}
+    for lam in lambdas:
+        step = bart.pics(lam, iterations=100)
+        runs[lam] = {"wall_s": step.seconds, "max_rss_mb": step.max_rss_mb, "image": step.image}
+    return {"ecalib_s": bart.ecalib.seconds, "ecalib_rss_mb": bart.ecalib.max_rss_mb, "runs": runs}
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -246,9 +174,9 @@ class Row:
 
 
 def score(x: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    from mrprior.metrics import nrmse, psnr, ssim
+    from mrprior.evaluation_3d import score_volume
 
-    return {"psnr": psnr(x, ref), "ssim": ssim(x, ref), "nrmse": nrmse(x, ref)}
+    return score_volume(x, ref)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,12 +219,12 @@ def main(argv: list[str] | None = None) -> int:
             b = run_bart(case, tuple(a.lambdas), a.calib, a.threads, work)
             scored = {lam: score(r["image"], ref) for lam, r in b["runs"].items()}
             for lam, s in scored.items():
-                logger.info("%s bart λ=%g: %.2f dB", case.name, lam, s["psnr"])
+                logger.info("%s bart λ=%g: %.2f dB", case.sampling, lam, s["psnr"])
             best = max(scored, key=lambda lam: scored[lam]["psnr"])
             r = b["runs"][best]
             rows.append(
                 Row(
-                    case.name,
+                    case.sampling,
                     "bart ecalib + pics -l1",
                     **scored[best],
                     wall_s=b["ecalib_s"] + r["wall_s"],
@@ -312,12 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             }
             scored = {lam: score(r["image"], ref) for lam, r in runs.items()}
             for lam, s in scored.items():
-                logger.info("%s l1 λ=%g: %.2f dB", case.name, lam, s["psnr"])
+                logger.info("%s l1 λ=%g: %.2f dB", case.sampling, lam, s["psnr"])
             best = max(scored, key=lambda lam: scored[lam]["psnr"])
             r = runs[best]
             rows.append(
                 Row(
-                    case.name,
+                    case.sampling,
                     "ours l1 (2D wavelets per plane)",
                     **scored[best],
                     wall_s=r["wall_s"],
@@ -330,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             r = run_ours(case, "prior-pics", {}, a.threads, work)
             rows.append(
                 Row(
-                    case.name,
+                    case.sampling,
                     "ours prior-PICS (complex prior)",
                     **score(r["image"], ref),
                     wall_s=r["wall_s"],
@@ -348,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak RSS [MB]",
         "note",
     ]
-    acc = {c.name: c.acceleration for c in cases}
+    acc = {c.sampling: c.acceleration for c in cases}
     table = markdown_table(
         header,
         [

@@ -9,6 +9,10 @@ Two suites of methods × sampling patterns:
   readout oversampling, a raw ISMRMRD file read back and prewhitened by the pipeline, ESPIRiT
   maps from the calibration region) and scored against ``|x|·‖W S‖``, the reference of the
   coil-combination convention of prewhitened data with unit-norm maps (DESIGN.md);
+- **volume** (``mrprior bench --suite volume``, :mod:`mrprior.evaluation_3d`): the same held-out
+  scans resampled to a small 3D matrix, simulated as 3D multi-coil raw files with ky–kz sampling
+  (Poisson-disc, CAIPI 3×2) and reconstructed through the pipeline (3D ESPIRiT, batched planes;
+  ``bart ecalib`` + ``bart pics -l1`` on the 3D k-space): volume PSNR / SSIM, seconds per volume;
 - **template**: the MNI152 2009 template slices shipped in ``mrprior/data/heldout`` (see its
   ``PROVENANCE.md``), simulated as 8-coil k-space with white noise
   (:func:`mrprior.mr.simulate.simulate_kspace`): smooth average images, labelled as such.
@@ -444,15 +448,28 @@ def lambda_sweep(
     return best, scores
 
 
-def _swept(case: Case, cfg: BenchConfig, recon: Callable[[float], torch.Tensor]) -> MethodOutput:
-    images: dict[float, torch.Tensor] = {}
+def sweep_best(
+    truth: Any,
+    cfg: BenchConfig,
+    recon: Callable[[float], Any],
+    image: Callable[[Any], Any] = lambda r: r,
+) -> tuple[float, Any, dict[float, float]]:
+    """The oracle λ sweep of the ℓ1 baselines: :func:`lambda_sweep` over ``cfg.l1_lambdas``
+    of the PSNR of ``image(recon(λ))`` against ``truth``. Returns ``(best λ, recon(best λ),
+    {λ: PSNR})``."""
+    runs: dict[float, Any] = {}
 
     def score(lam: float) -> float:
-        images[lam] = recon(lam)
-        return psnr(images[lam], case.truth)
+        runs[lam] = recon(lam)
+        return psnr(image(runs[lam]), truth)
 
     best, scores = lambda_sweep(score, cfg.l1_lambdas, refine=cfg.refine_lambda)
-    return MethodOutput(images[best], {"lam": best, "sweep": scores})
+    return best, runs[best], scores
+
+
+def _swept(case: Case, cfg: BenchConfig, recon: Callable[[float], torch.Tensor]) -> MethodOutput:
+    best, img, scores = sweep_best(case.truth, cfg, recon)
+    return MethodOutput(img, {"lam": best, "sweep": scores})
 
 
 def _run_registered(name: str, settings: dict[str, Any]) -> MethodRunner:
@@ -545,7 +562,7 @@ DEFAULT_METHODS = (
     "pics-magnitude",
     "nlinv-complex",
 )
-SUITES = ("real", "template", "all")
+SUITES = ("real", "template", "all", "volume")
 
 
 # -- configuration and results -----------------------------------------------------------------
@@ -556,14 +573,18 @@ class BenchConfig:
     Attributes
     ----------
     suite : ``real`` (held-out real scans, :data:`EVAL_VOLUMES`), ``template`` (MNI152 template
-        slices, ``images``) or ``all`` (both tables).
+        slices, ``images``), ``all`` (both tables) or ``volume`` (3D cases from the held-out
+        real scans, :mod:`mrprior.evaluation_3d`; its defaults:
+        :func:`mrprior.evaluation_3d.volume_config`).
     volumes : keys of :data:`EVAL_VOLUMES` (real suite).
     images : template slice names or PNG paths (template suite).
     samplings : keys of :data:`SAMPLINGS`.
     methods : keys of :data:`METHODS`.
-    size : matrix size (square).
+    size : matrix size (square; 2D suites).
+    volume_shape : matrix ``(z, y, x)`` of the volume suite.
     snr : simulation SNR (mean object magnitude / noise std per k-space sample).
-    phase : phase model of the simulated complex images (:data:`PHASE_MODELS`).
+    phase : phase model of the simulated complex images (:data:`PHASE_MODELS`; 2D suites: the
+        volume suite has the smooth 3D phase of :func:`~mrprior.mr.simulate.simulate_kspace`).
     seed : seeds simulation, masks and stochastic methods.
     device : ``auto``, ``cpu`` or ``cuda``.
     prior, magnitude_prior : prior name / card path, or a ScorePrior object.
@@ -582,6 +603,7 @@ class BenchConfig:
     samplings: list[str] = field(default_factory=lambda: list(SAMPLINGS))
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     size: int = 256
+    volume_shape: tuple[int, int, int] = (32, 48, 48)
     snr: float = 40.0
     phase: str = "synthetic"
     seed: int = 0
@@ -600,12 +622,19 @@ class BenchConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ConfigError(f"unknown method(s) {bad}; valid: {list(METHODS)}")
-        bad = [s for s in self.samplings if s not in SAMPLINGS]
-        if bad:
-            raise ConfigError(f"unknown sampling(s) {bad}; valid: {list(SAMPLINGS)}")
         bad = [v for v in self.volumes if v not in EVAL_VOLUMES]
         if bad:
             raise ConfigError(f"unknown volume(s) {bad}; valid: {list(EVAL_VOLUMES)}")
+        if self.suite == "volume":
+            from mrprior.evaluation_3d import validate_volume_config
+
+            if not self.volumes:
+                raise ConfigError("no real volumes to evaluate")
+            validate_volume_config(self)
+            return
+        bad = [s for s in self.samplings if s not in SAMPLINGS]
+        if bad:
+            raise ConfigError(f"unknown sampling(s) {bad}; valid: {list(SAMPLINGS)}")
         if self.suite in ("real", "all") and not self.volumes:
             raise ConfigError("no real volumes to evaluate")
         if self.suite in ("template", "all") and not self.images:
@@ -734,7 +763,8 @@ def _case_makers(cfg: BenchConfig, device: torch.device) -> list[tuple[str, str,
 def run_bench(
     cfg: BenchConfig, out_dir: str | Path, progress: bool = True, figures: bool = True
 ) -> BenchResult:
-    """Run the evaluation and write ``results.csv``, ``results.md`` and PNG figures."""
+    """Run the evaluation and write ``results.csv``, ``results.md`` and PNG figures (one per
+    2D case; the volume suite writes the tables only)."""
     from tqdm import tqdm
 
     cfg.validate()
@@ -758,6 +788,11 @@ def run_bench(
             methods.append(m)
     rows: list[Row] = []
     files: list[Path] = []
+    if cfg.suite == "volume":
+        from mrprior.evaluation_3d import run_volume_suite
+
+        rows = run_volume_suite(cfg, methods, out, progress)
+        return BenchResult(rows, skipped, write_tables(rows, out, cfg, skipped))
     makers = _case_makers(cfg, device)
     bar = tqdm(total=len(makers) * len(methods), disable=not progress, desc="bench", unit="recon")
     for name, sampling, make in makers:
@@ -886,8 +921,13 @@ def write_tables(
             )
     lines = ["# mrprior bench", ""]
     if cfg is not None:
+        if cfg.suite == "volume":
+            matrix = "×".join(str(v) for v in cfg.volume_shape) + " (z×y×x)"
+            phase = "smooth 3D phase of the simulation"
+        else:
+            matrix, phase = f"{cfg.size}²", f"phase model {cfg.phase!r}"
         lines += [
-            f"{cfg.size}², SNR {cfg.snr:g}, phase model {cfg.phase!r}, seed {cfg.seed}. "
+            f"{matrix}, SNR {cfg.snr:g}, {phase}, seed {cfg.seed}. "
             "Coil maps: ESPIRiT from the calibration region (NLINV: none).",
             "ℓ1 baselines: λ chosen per case by best PSNR, walking the grid "
             f"{{{', '.join(f'{v:g}' for v in cfg.l1_lambdas)}}}"
@@ -897,7 +937,7 @@ def write_tables(
             "Metrics: magnitude after a least-squares scale fit, whole field of view.",
             "",
         ]
-    for suite in ("real", "template"):
+    for suite in ("real", "volume", "template"):
         srows = [r for r in rows if r.suite == suite]
         if srows:
             lines += _suite_tables(srows, suite, cfg)
@@ -927,6 +967,19 @@ def _suite_tables(rows: list[Row], suite: str, cfg: BenchConfig | None) -> list[
             "oversampling, raw ISMRMRD file, the pipeline's prewhitening), each recon scored "
             "against |x|·‖W S‖ (the coil-combination convention of prewhitened data with "
             "unit-norm ESPIRiT maps).",
+            "",
+        ]
+    elif suite == "volume":
+        lines = [
+            "## 3D volumes from real held-out scans",
+            "",
+            "Held-out real scans resampled to a 3D matrix (z × y × x = partitions × phase "
+            "encodes × readout), simulated as 3D multi-coil acquisitions (3D coil maps, smooth "
+            "3D phase, coil-correlated noise with a noise scan, 2× readout oversampling, raw "
+            "ISMRMRD file) with ky–kz sampling, reconstructed through the pipeline "
+            "(prewhitening, oversampling removal, 3D ESPIRiT, readout iFFT, batched (ky, kz) "
+            "planes; bart: ecalib + pics -S -l1 on the 3D k-space). Volume PSNR; SSIM per "
+            "z partition averaged; reference |x|·‖W S‖; seconds per volume.",
             "",
         ]
     else:
@@ -961,7 +1014,7 @@ def _suite_tables(rows: list[Row], suite: str, cfg: BenchConfig | None) -> list[
             for m in methods
         ]
         lines.append(f"| {sampling} | " + " | ".join(cells) + " |")
-    if suite == "real":
+    if suite in ("real", "volume"):
         groups = {
             "brain / head": [r for r in rows if r.anatomy == "brain"],
             "non-brain": [r for r in rows if r.anatomy != "brain"],
@@ -983,7 +1036,8 @@ def _suite_tables(rows: list[Row], suite: str, cfg: BenchConfig | None) -> list[
                     cell += f" ({np.mean(g):+.2f}; min {min(g):+.2f})"
                 cells.append(cell)
             lines.append(f"| {gname} | {ncases} | " + " | ".join(cells) + " |")
-    lines += ["", "### Mean seconds per slice", ""]
+    unit = "volume" if suite == "volume" else "slice"
+    lines += ["", f"### Mean seconds per {unit}", ""]
     lines += ["| " + " | ".join(labels[m] for m in methods) + " |"]
     lines += ["|" + "---|" * len(methods)]
     lines.append(

