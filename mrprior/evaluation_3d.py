@@ -360,7 +360,7 @@ def volume_config(**overrides: Any) -> BenchConfig:
         "methods": list(DEFAULT_VOLUME_METHODS),
         "volume_shape": VOLUME_SHAPE,
         "l1_lambdas": VOLUME_L1_LAMBDAS,
-        "refine_lambda": False,
+        "refine_lambda": True,
         "bart_iterations": 100,
         "method_settings": {"l1": {"max_iterations": 100}},
     }
