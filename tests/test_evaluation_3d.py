@@ -102,6 +102,7 @@ def test_volume_bench_rows_and_tables(tmp_path, monkeypatch):
         methods=methods,
         volume_shape=(16, 24, 16),
         l1_lambdas=(3e-3, 1e-2),
+        refine_lambda=False,  # the grid values only: keeps the test short
         bart_iterations=30,
         prior=GaussianSmoothnessPrior(),
         method_settings={"l1": {"max_iterations": 30}, "prior-pics": {"iterations": 8}},
