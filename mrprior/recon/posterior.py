@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 #: deterministic levels, and the scan's own noise that no recon recovers, are absent from the
 #: sample spread. The spread gives the map's shape (where the data leave the image open); this
 #: factor gives its scale.
-HQS_UNCERTAINTY_SCALE: float = 4.6
+HQS_UNCERTAINTY_SCALE: float = 4.5
 
 
 def hqs_posterior(
