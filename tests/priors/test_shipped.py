@@ -24,7 +24,16 @@ def test_shipped_prior_loads_and_card_is_complete(name: str) -> None:
     data = card["data"]
     assert all(s["licence"] for s in data["sources"])
     assert not any("dipy" in s["path"] for s in data["sources"])
-    assert not any("insighttoolkit" in s["path"] for s in data["sources"])
+    # ITK's example *brain* slices are BrainWeb simulations of the Colin27 anatomy (its abdomen
+    # slice FatMRISlice is a real scan and may be used)
+    assert not any(
+        "insighttoolkit" in s["path"] and "brain" in s["path"].lower() for s in data["sources"]
+    )
+    # held-out (role: eval) sources are never trained on
+    from mrprior.priors.sources import load_registry
+
+    held_out = {src.subject for src in load_registry().values() if src.role == "eval"}
+    assert held_out and not held_out & set(data["train_subjects"])
     # MNI152 is the held-out anatomy of the benchmarks: validation only, never trained on
     assert not any("mni" in s.lower() for s in data["train_subjects"])
     x = torch.polar(torch.rand(1, 37, 45), torch.rand(1, 37, 45))
