@@ -75,10 +75,10 @@ class PriorPicsSettings:
     """Settings of ``prior-pics`` (see ``mrprior/configs/prior_methods.yaml``)."""
 
     solver: Literal["hqs", "fista"] = "hqs"
-    iterations: int = 16
+    iterations: int = 20
     sigma_start: float = 0.1
     sigma_end: float = 0.005
-    kappa: float = 0.35
+    kappa: float = 0.5
     mu_min: float = 1e-4
     cg_iterations: int = 5
     lam: float = 1e-4
