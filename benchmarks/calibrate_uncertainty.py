@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from mrprior.evaluation import (
     SAMPLINGS,
+    Case,
     EvalVolume,
     case_size,
     eval_volume_array,
@@ -47,6 +49,25 @@ TRAINING = {
 NOMINAL = math.erf(2 / math.sqrt(2))
 
 
+def training_cases(
+    sources: str, samplings: str, size: int, coils: int | None = None
+) -> Iterator[tuple[str, str, Case]]:
+    """``(source, sampling, case)`` for the middle slice of each training volume (comma-separated
+    names of :data:`TRAINING`) at each sampling, simulated as the real suite simulates its
+    held-out scans (``coils`` overrides the volume's channel count)."""
+    for key in sources.split(","):
+        vol = TRAINING[key]
+        arr, spacing = eval_volume_array(vol)
+        for _, plane in pick_slices(arr, spacing, vol.positions):
+            img = real_slice(plane, case_size(plane.shape, size))
+            for sampling in samplings.split(","):
+                yield (
+                    key,
+                    sampling,
+                    make_real_case(key, img, sampling, coils or vol.coils, vol.anatomy),
+                )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=256)
@@ -59,22 +80,16 @@ def main() -> None:
     pooled = []
     print("| scan | sampling | PSNR prior-PICS | PSNR mean | raw ±2σ coverage [%] |")
     print("|---|---|---|---|---|")
-    for key in args.sources.split(","):
-        vol = TRAINING[key]
-        arr, spacing = eval_volume_array(vol)
-        for _, plane in pick_slices(arr, spacing, vol.positions):
-            img = real_slice(plane, case_size(plane.shape, args.size))
-            for sampling in args.samplings.split(","):
-                case = make_real_case(key, img, sampling, vol.coils, vol.anatomy)
-                pics = get_method("prior-pics")(case.problem, {})
-                res = get_method("prior-sample")(case.problem, {"uncertainty_scale": 1.0})
-                z = standardized_errors(res.image, res.extras["uncertainty"], case.truth)
-                pooled.append(z)
-                print(
-                    f"| {key} | {sampling} | {psnr(pics.image, case.truth):.2f} | "
-                    f"{psnr(res.image, case.truth):.2f} | {100 * np.mean(z <= 2):.1f} |",
-                    flush=True,
-                )
+    for key, sampling, case in training_cases(args.sources, args.samplings, args.size):
+        pics = get_method("prior-pics")(case.problem, {})
+        res = get_method("prior-sample")(case.problem, {"uncertainty_scale": 1.0})
+        z = standardized_errors(res.image, res.extras["uncertainty"], case.truth)
+        pooled.append(z)
+        print(
+            f"| {key} | {sampling} | {psnr(pics.image, case.truth):.2f} | "
+            f"{psnr(res.image, case.truth):.2f} | {100 * np.mean(z <= 2):.1f} |",
+            flush=True,
+        )
     z = np.concatenate(pooled)
     factor = float(np.quantile(z, NOMINAL)) / 2
     print(f"\npooled raw coverage of ±2σ: {100 * np.mean(z <= 2):.1f} % over {z.size} pixels")

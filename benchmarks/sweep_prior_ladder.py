@@ -18,9 +18,8 @@ import time
 import numpy as np
 import torch
 import yaml
-from calibrate_uncertainty import TRAINING
+from calibrate_uncertainty import training_cases
 
-from mrprior.evaluation import case_size, eval_volume_array, make_real_case, pick_slices, real_slice
 from mrprior.metrics import psnr
 from mrprior.recon.problem import get_method
 
@@ -48,20 +47,14 @@ def main() -> None:
     variants = parse_variants(args.variants)
     method = get_method("prior-pics")
     scores: list[list[float]] = [[] for _ in variants]
-    for key in args.sources.split(","):
-        vol = TRAINING[key]
-        arr, spacing = eval_volume_array(vol)
-        for _, plane in pick_slices(arr, spacing, vol.positions):
-            img = real_slice(plane, case_size(plane.shape, args.size))
-            for sampling in args.samplings.split(","):
-                case = make_real_case(key, img, sampling, args.coils, vol.anatomy)
-                cells = []
-                for i, settings in enumerate(variants):
-                    t0 = time.perf_counter()
-                    p = psnr(method(case.problem, dict(settings)).image, case.truth)
-                    scores[i].append(p)
-                    cells.append(f"{p:.2f} dB / {time.perf_counter() - t0:.1f} s")
-                print(f"{key} {sampling}: " + " | ".join(cells), flush=True)
+    for key, sampling, case in training_cases(args.sources, args.samplings, args.size, args.coils):
+        cells = []
+        for i, settings in enumerate(variants):
+            t0 = time.perf_counter()
+            p = psnr(method(case.problem, dict(settings)).image, case.truth)
+            scores[i].append(p)
+            cells.append(f"{p:.2f} dB / {time.perf_counter() - t0:.1f} s")
+        print(f"{key} {sampling}: " + " | ".join(cells), flush=True)
     for settings, s in zip(variants, scores, strict=True):
         print(f"{settings}: mean PSNR {np.mean(s):.2f} dB over {len(s)} cases")
 
