@@ -194,7 +194,9 @@ def dicom_slices(ds: Any) -> np.ndarray:
     return arr if arr.ndim == 3 else arr[None]
 
 
-def _slice_position(ds: Any) -> float:
+def slice_position(ds: Any) -> float:
+    """A DICOM slice's position along its normal (ImagePositionPatient · the normal of
+    ImageOrientationPatient), else its InstanceNumber: the sort key of a series."""
     pos = getattr(ds, "ImagePositionPatient", None)
     ori = getattr(ds, "ImageOrientationPatient", None)
     if pos is not None and ori is not None and len(ori) == 6:
@@ -252,13 +254,13 @@ def read_dicom_series(paths: Iterable[str | Path]) -> tuple[np.ndarray, Spacing]
         )
         ps = getattr(ds0, "PixelSpacing", None) or (1.0, 1.0)
         return data, (st, float(ps[0]), float(ps[1]))
-    items.sort(key=_slice_position)
+    items.sort(key=slice_position)
     slices = [dicom_slices(ds) for ds in items]
     shapes = {s.shape[1:] for s in slices}
     if len(shapes) != 1:
         raise DataError(f"DICOM series with slices of different sizes {sorted(shapes)}")
     data = np.concatenate(slices, axis=0)
-    return data, dicom_spacing(items[0], [_slice_position(ds) for ds in items])
+    return data, dicom_spacing(items[0], [slice_position(ds) for ds in items])
 
 
 # ------------------------------------------------------------------------------------ entry

@@ -40,15 +40,18 @@ import torch.nn.functional as F
 import yaml
 
 from mrprior.errors import ConfigError, DataError
+from mrprior.io.volumes import (
+    dicom_slices,
+    load_volume,
+    mosaic_count,
+    slice_position,
+    volume_kind,
+)
 
 logger = logging.getLogger(__name__)
 
-NIFTI_EXT = (".nii", ".nii.gz")
 IMAGE_EXT = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm")
 HDF5_EXT = (".h5", ".hdf5")
-DICOM_EXT = (".dcm", ".dicom", ".ima")
-NRRD_EXT = (".nrrd", ".nhdr")
-PICKLE_EXT = (".pkl",)  # numpy arrays in a dict, read without unpickling (io.pickled_arrays)
 
 
 @dataclass
@@ -120,32 +123,15 @@ class Volume:
 # --------------------------------------------------------------------------------------- readers
 
 
-def _is_dicom(path: Path) -> bool:
-    if path.name.lower().endswith(DICOM_EXT):
-        return True
-    try:
-        with path.open("rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def _kind(path: Path) -> str | None:
+    """``image`` (read here, any 2D image format), ``hdf5``, else :func:`volume_kind`'s
+    ``nifti`` / ``nrrd`` / ``pickle`` / ``dicom`` (by name or DICOM preamble), or None."""
     name = path.name.lower()
-    if name.endswith(NIFTI_EXT):
-        return "nifti"
     if name.endswith(IMAGE_EXT):
         return "image"
     if name.endswith(HDF5_EXT):
         return "hdf5"
-    if name.endswith(NRRD_EXT):
-        return "nrrd"
-    if name.endswith(PICKLE_EXT):
-        return "pickle"
-    if _is_dicom(path):
-        return "dicom"
-    return None
+    return volume_kind(path)
 
 
 def _read_nifti(path: Path, spec: SourceSpec) -> list[Volume]:
@@ -170,9 +156,8 @@ def _read_nifti(path: Path, spec: SourceSpec) -> list[Volume]:
     return vols
 
 
-def _read_nrrd(path: Path, spec: SourceSpec) -> list[Volume]:
-    from mrprior.io.volumes import load_volume
-
+def _read_volume_file(path: Path, spec: SourceSpec) -> list[Volume]:
+    """A NRRD or pickled volume through :func:`load_volume` (a 4D file: one volume per frame)."""
     data, spacing = load_volume(path)
     if data.ndim == 3:
         data = data[..., None]
@@ -249,8 +234,6 @@ def _read_dicom_series(files: list[Path], spec: SourceSpec) -> tuple[list[Volume
     """Group DICOM files by SeriesInstanceUID and stack each series into a volume."""
     import pydicom
 
-    from mrprior.io.volumes import dicom_slices, mosaic_count
-
     series: dict[str, list[tuple[Any, Path]]] = {}
     skipped = []
     for p in files:
@@ -266,17 +249,7 @@ def _read_dicom_series(files: list[Path], spec: SourceSpec) -> tuple[list[Volume
         series.setdefault(uid, []).append((ds, p))
     vols = []
     for uid, items in series.items():
-
-        def key(item: tuple[Any, Path]) -> float:
-            ds = item[0]
-            pos = getattr(ds, "ImagePositionPatient", None)
-            ori = getattr(ds, "ImageOrientationPatient", None)
-            if pos is not None and ori is not None and len(ori) == 6:
-                n = np.cross(np.asarray(ori[:3], float), np.asarray(ori[3:], float))
-                return float(np.dot(n, np.asarray(pos, float)))
-            return float(getattr(ds, "InstanceNumber", 0) or 0)
-
-        items.sort(key=key)
+        items.sort(key=lambda item: slice_position(item[0]))
         slices = []
         for ds, _p in items:
             slices.append(dicom_slices(ds))
@@ -375,8 +348,8 @@ def read_sources(
                     "nifti": _read_nifti,
                     "image": _read_image,
                     "hdf5": _read_hdf5,
-                    "nrrd": _read_nrrd,
-                    "pickle": _read_nrrd,  # load_volume reads both
+                    "nrrd": _read_volume_file,
+                    "pickle": _read_volume_file,
                 }[kind]
                 volumes.extend(reader(p, spec))
             except Exception as exc:
