@@ -46,15 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_info, markdown_table
 
-from mrprior.evaluation import (
-    EVAL_VOLUMES,
-    Case,
-    case_size,
-    eval_volume_array,
-    make_real_case,
-    pick_slices,
-    real_slice,
-)
+from mrprior.evaluation import EVAL_VOLUMES, Case, make_real_case, volume_slices
 from mrprior.metrics import interval_coverage, psnr
 from mrprior.recon.prior_methods import resolve_prior
 from mrprior.recon.problem import ReconProblem, get_method
@@ -99,9 +91,7 @@ def real_cases(volumes: list[str], sampling: str, coils: int | None = None) -> l
     cases = []
     for key in volumes:
         vol = EVAL_VOLUMES[key]
-        arr, spacing = eval_volume_array(vol)
-        for index, plane in pick_slices(arr, spacing, vol.positions):
-            img = real_slice(plane, case_size(plane.shape, 256))
+        for index, img in volume_slices(vol, 256):
             cases.append(
                 make_real_case(f"{key}_{index:03d}", img, sampling, coils or vol.coils, vol.anatomy)
             )

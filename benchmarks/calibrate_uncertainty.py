@@ -22,16 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from mrprior.evaluation import (
-    SAMPLINGS,
-    Case,
-    EvalVolume,
-    case_size,
-    eval_volume_array,
-    make_real_case,
-    pick_slices,
-    real_slice,
-)
+from mrprior.evaluation import SAMPLINGS, Case, EvalVolume, make_real_case, volume_slices
 from mrprior.metrics import psnr, standardized_errors
 from mrprior.recon.posterior import HQS_UNCERTAINTY_SCALE
 from mrprior.recon.problem import get_method
@@ -57,9 +48,7 @@ def training_cases(
     held-out scans (``coils`` overrides the volume's channel count)."""
     for key in sources.split(","):
         vol = TRAINING[key]
-        arr, spacing = eval_volume_array(vol)
-        for _, plane in pick_slices(arr, spacing, vol.positions):
-            img = real_slice(plane, case_size(plane.shape, size))
+        for _, img in volume_slices(vol, size):
             for sampling in samplings.split(","):
                 yield (
                     key,

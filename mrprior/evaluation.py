@@ -299,6 +299,19 @@ def real_slice(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 # -- cases -------------------------------------------------------------------------------------
+def volume_slices(
+    volume: EvalVolume, size: int, positions: Sequence[float] | None = None
+) -> list[tuple[int, np.ndarray]]:
+    """The slices of a real scan the suites use: :func:`pick_slices` at ``positions``
+    (default the volume's own), each brought to its :func:`case_size` by :func:`real_slice`.
+    Returns ``[(index, float32 [n, n])]``."""
+    arr, spacing = eval_volume_array(volume)
+    return [
+        (index, real_slice(plane, case_size(plane.shape, size)))
+        for index, plane in pick_slices(arr, spacing, positions or volume.positions)
+    ]
+
+
 @dataclass
 class Case:
     """One evaluation case: a problem with ESPIRiT maps and its reference.
@@ -716,9 +729,7 @@ def _case_makers(cfg: BenchConfig, device: torch.device) -> list[tuple[str, str,
         slices: list[tuple[str, EvalVolume, np.ndarray]] = []
         for key in cfg.volumes:
             vol = EVAL_VOLUMES[key]
-            arr, spacing = eval_volume_array(vol)
-            for index, plane in pick_slices(arr, spacing, cfg.positions or vol.positions):
-                img = real_slice(plane, case_size(plane.shape, cfg.size))
+            for index, img in volume_slices(vol, cfg.size, cfg.positions):
                 slices.append((f"{key}_{index:03d}", vol, img))
         for sampling in cfg.samplings:
             for name, vol, img in slices:
