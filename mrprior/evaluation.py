@@ -524,14 +524,25 @@ def _l1_bart(case: Case, cfg: BenchConfig) -> MethodOutput:
     return _swept(case, cfg, recon)
 
 
-def _prior_settings(cfg: BenchConfig, which: str) -> Any:
-    ref = cfg.prior if which == "complex" else cfg.magnitude_prior
-    return ref
+def prior_ref(cfg: BenchConfig, kind: str) -> Any:
+    """The configured prior of ``kind`` (``complex`` or ``magnitude``)."""
+    return cfg.prior if kind == "complex" else cfg.magnitude_prior
+
+
+#: the prior methods of the suites: evaluation name -> (registered method, prior kind)
+PRIOR_METHODS: dict[str, tuple[str, str]] = {
+    "pics-complex": ("prior-pics", "complex"),
+    "pics-magnitude": ("prior-pics", "magnitude"),
+    "nlinv-complex": ("prior-nlinv", "complex"),
+    "sample-complex": ("prior-sample", "complex"),
+}
+#: settings of the CG-SENSE baseline (``cg-sense``)
+CG_SENSE_SETTINGS: dict[str, Any] = {"max_iterations": 10}
 
 
 def _prior_method(method: str, which: str, extra: dict[str, Any] | None = None) -> MethodRunner:
     def run(case: Case, cfg: BenchConfig) -> MethodOutput:
-        settings = {"prior": _prior_settings(cfg, which), "seed": cfg.seed, **(extra or {})}
+        settings = {"prior": prior_ref(cfg, which), "seed": cfg.seed, **(extra or {})}
         settings.update(cfg.method_settings.get(method, {}))
         problem = case.problem
         if method == "prior-nlinv":
@@ -548,22 +559,19 @@ def _prior_method(method: str, which: str, extra: dict[str, Any] | None = None) 
 #: evaluation method name -> (label, runner, needs a prior of kind)
 METHODS: dict[str, tuple[str, MethodRunner, str | None]] = {
     "zerofill": ("zero-filled", _run_registered("zerofill", {}), None),
-    "cg-sense": ("CG-SENSE", _run_registered("sense", {"max_iterations": 10}), None),
+    "cg-sense": ("CG-SENSE", _run_registered("sense", CG_SENSE_SETTINGS), None),
     "l1-ours": ("ℓ1-wavelet (ours, best λ)", _l1_ours, None),
     "l1-auto": ("ℓ1-wavelet (ours, λ auto)", _l1_auto, None),
     "l1-bart": ("bart pics -l1 (best λ)", _l1_bart, None),
-    "pics-complex": ("prior-PICS complex", _prior_method("prior-pics", "complex"), "complex"),
-    "pics-magnitude": (
-        "prior-PICS magnitude",
-        _prior_method("prior-pics", "magnitude"),
-        "magnitude",
-    ),
-    "nlinv-complex": ("prior-NLINV complex", _prior_method("prior-nlinv", "complex"), "complex"),
-    "sample-complex": (
-        "posterior mean complex",
-        _prior_method("prior-sample", "complex"),
-        "complex",
-    ),
+    **{
+        name: (label, _prior_method(*PRIOR_METHODS[name]), PRIOR_METHODS[name][1])
+        for name, label in (
+            ("pics-complex", "prior-PICS complex"),
+            ("pics-magnitude", "prior-PICS magnitude"),
+            ("nlinv-complex", "prior-NLINV complex"),
+            ("sample-complex", "posterior mean complex"),
+        )
+    },
 }
 DEFAULT_METHODS = (
     "zerofill",

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mrprior.errors import ConfigError, DataError
-from mrprior.evaluation import METHODS
+from mrprior.evaluation import CG_SENSE_SETTINGS, METHODS, PRIOR_METHODS, prior_ref
 from mrprior.mr.sampling import SamplingMask, poisson_disc, uniform_2d
 
 if TYPE_CHECKING:
@@ -52,13 +52,7 @@ VOLUME_SHAPE: tuple[int, int, int] = (32, 48, 48)
 #: smallest edge of a volume matrix (ESPIRiT kernel and calibration box must fit)
 MIN_EDGE = 16
 #: every method of :data:`mrprior.evaluation.METHODS` runs in the volume suite (same names and
-#: labels); its prior methods: name -> (registered method, prior kind)
-_PRIOR_METHODS: dict[str, tuple[str, str]] = {
-    "pics-complex": ("prior-pics", "complex"),
-    "pics-magnitude": ("prior-pics", "magnitude"),
-    "nlinv-complex": ("prior-nlinv", "complex"),
-    "sample-complex": ("prior-sample", "complex"),
-}
+#: labels; the prior methods of :data:`mrprior.evaluation.PRIOR_METHODS`)
 #: the volume suite's default methods (ℓ1 and prior-PICS: the comparison of the issue; CG-SENSE,
 #: prior-NLINV and posterior sampling on request)
 DEFAULT_VOLUME_METHODS: tuple[str, ...] = (
@@ -430,7 +424,7 @@ def _swept(
 def _run_method(name: str, case: VolumeCase, cfg: BenchConfig, work: Path) -> _Result:
     if name in ("zerofill", "cg-sense"):
         method = "sense" if name == "cg-sense" else "zerofill"
-        settings = {"max_iterations": 10} if name == "cg-sense" else {}
+        settings = CG_SENSE_SETTINGS if name == "cg-sense" else {}
         img, _, dt = _volume_recon(case, cfg, method, settings)
         return _Result(img, dt)
     if name == "l1-ours":
@@ -448,10 +442,11 @@ def _run_method(name: str, case: VolumeCase, cfg: BenchConfig, work: Path) -> _R
             return step.image, bart.ecalib.seconds + step.seconds
 
         return _swept(case, cfg, recon)
-    if name in _PRIOR_METHODS:
-        method, kind = _PRIOR_METHODS[name]
-        prior = cfg.prior if kind == "complex" else cfg.magnitude_prior
-        img, _, dt = _volume_recon(case, cfg, method, {"prior": prior, "seed": cfg.seed})
+    if name in PRIOR_METHODS:
+        method, kind = PRIOR_METHODS[name]
+        img, _, dt = _volume_recon(
+            case, cfg, method, {"prior": prior_ref(cfg, kind), "seed": cfg.seed}
+        )
         return _Result(img, dt)
     raise ConfigError(f"method {name!r} not available in the volume suite")
 
