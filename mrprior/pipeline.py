@@ -49,7 +49,12 @@ from mrprior.io.containers import ImageSeries, KSpace
 from mrprior.io.images import write_images
 from mrprior.io.raw import AcquisitionBuffer, iter_kspace, read_header
 from mrprior.mr.fft import fftc, ifftc
-from mrprior.recon.problem import ReconProblem, get_method, method_needs_csm
+from mrprior.recon.problem import (
+    ReconProblem,
+    get_method,
+    method_needs_csm,
+    method_takes_whole_volume,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -508,28 +513,40 @@ class PlaneStack:
     maps: Any
     mask: Any
     calib: Any
+    is_volume: bool = field(init=False)
+    count: int = field(init=False)  # planes: 1 for a 2D group, the readout length for a volume
 
-    @property
-    def is_volume(self) -> bool:
-        return self.hybrid.ndim == 4
+    def __post_init__(self) -> None:
+        self.is_volume = self.hybrid.ndim == 4
+        self.count = int(self.hybrid.shape[-1]) if self.is_volume else 1
 
-    @property
-    def count(self) -> int:
-        """Number of planes (1 for a 2D group, the readout length for a volume)."""
-        return int(self.hybrid.shape[-1]) if self.is_volume else 1
-
-    def planes(self, start: int, stop: int, device: torch.device) -> tuple[Any, Any]:
+    def planes(
+        self,
+        start: int,
+        stop: int,
+        device: torch.device,
+        which: np.ndarray | None = None,
+        release: bool = False,
+    ) -> tuple[Any, Any]:
         """k-space ``[B, C, H, W]`` and coil maps ``[B, C, H, W]`` (or None) of planes
-        ``start:stop`` as torch tensors on ``device`` (gathered copies)."""
+        ``start:stop`` (of those, the indices ``which`` when given) as torch tensors on
+        ``device`` (gathered copies). ``release``: drop the stack's own arrays as soon as each
+        is gathered (when every plane is taken at once), so that a volume is held once."""
 
-        def take(a: Any) -> torch.Tensor | None:
+        def take(name: str) -> torch.Tensor | None:
+            a = getattr(self, name)
             if a is None:
                 return None
+            if release:
+                setattr(self, name, None)
             if not self.is_volume:
                 return to_torch(a, device)[None]
-            return to_torch(a[..., start:stop], device).permute(3, 0, 1, 2).contiguous()
+            t = to_torch(a[..., start:stop], device)
+            if which is not None and len(which) < stop - start:
+                t = t[..., torch.as_tensor(which, device=t.device)]
+            return t.permute(3, 0, 1, 2).contiguous()
 
-        return take(self.hybrid), take(self.maps)
+        return take("hybrid"), take("maps")
 
     def active(self, start: int, stop: int) -> np.ndarray:
         """bool ``[B]``: planes with non-zero coil maps (all True without maps)."""
@@ -606,6 +623,8 @@ def reconstruct(kspace: KSpace, cfg: ReconConfig) -> ImageSeries:
     noise_std, prewhitened = _noise_std(ks), ks.prewhitened
     stack = plane_stack(ks, maps, use_calib_as_data(cfg, ks), copy=ks.data is kspace.data)
     del ks  # the stack owns the (transformed) data now
+    maps_2d = None if stack.is_volume else maps  # a volume's maps: the stack holds them alone
+    del maps
     settings = method_settings(cfg)
     mask = to_torch(stack.mask, device)
     calib = to_torch(stack.calib, device)
@@ -615,18 +634,18 @@ def reconstruct(kspace: KSpace, cfg: ReconConfig) -> ImageSeries:
     plane_extras: dict[str, Any] = {}
     info: dict[str, Any] = {}
     solved = 0
-    for start in range(0, n, cfg.planes_per_batch):
-        stop = min(start + cfg.planes_per_batch, n)
-        active = np.flatnonzero(stack.active(start, stop))
+    whole = stack.is_volume and method_takes_whole_volume(cfg.method)
+    per_batch = n if whole else cfg.planes_per_batch
+    for start in range(0, n, per_batch):
+        stop = min(start + per_batch, n)
+        in_object = stack.active(start, stop)
+        active = np.flatnonzero(in_object)
         if active.size == 0:
             continue
-        kdata, kmaps = stack.planes(start, stop, device)
-        if active.size < stop - start:
-            sel = torch.as_tensor(active, device=device)
-            kdata = kdata[sel]
-            kmaps = None if kmaps is None else kmaps[sel]
+        kdata, kmaps = stack.planes(start, stop, device, active, release=whole)
         if stack.is_volume:
-            problem = ReconProblem(kdata, mask, kmaps, noise_std, calib)
+            volume = torch.as_tensor(in_object, device=device) if whole else None
+            problem = ReconProblem(kdata, mask, kmaps, noise_std, calib, volume)
         else:  # one plane: the unbatched form every method has always taken
             problem = ReconProblem(
                 kdata[0], mask, None if kmaps is None else kmaps[0], noise_std, calib
@@ -671,8 +690,10 @@ def reconstruct(kspace: KSpace, cfg: ReconConfig) -> ImageSeries:
             value = fit_matrix(value, ny, nx)
         arr = to_numpy(value)
         out_extras[name] = arr.astype(np.complex64 if np.iscomplexobj(arr) else np.float32)
-    if "csm" not in out_extras and maps is not None and not stack.is_volume:
-        out_extras["csm"] = to_numpy(fit_matrix(to_torch(maps, "cpu"), ny, nx)).astype(np.complex64)
+    if "csm" not in out_extras and maps_2d is not None:
+        out_extras["csm"] = to_numpy(fit_matrix(to_torch(maps_2d, "cpu"), ny, nx)).astype(
+            np.complex64
+        )
     info = {
         **info,
         "planes": n,

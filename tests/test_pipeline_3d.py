@@ -46,6 +46,17 @@ def _rss_planes(problem: ReconProblem, settings: dict) -> ReconResult:
     return ReconResult(rss.to(torch.complex64), extras={"uncertainty": 0.5 * rss}, info={"n": 1})
 
 
+_WHOLE_CALLS: list[ReconProblem] = []
+
+
+@register_method("test-whole-volume", needs_csm=True, batched=True, whole_volume=True)
+def _whole_volume(problem: ReconProblem, settings: dict) -> ReconResult:
+    """Records the problem it gets; the coil-combined zero-filled image."""
+    _WHOLE_CALLS.append(problem)
+    coil_images = ifftc(problem.kspace, 2)
+    return ReconResult((coil_images * problem.csm.conj()).sum(dim=-3), info={"n": 1})
+
+
 def _cfg(method: str = "test-rss-planes", **kw) -> object:
     return load_recon_config(overrides={"method": method, "device": "cpu", **kw})
 
@@ -244,6 +255,21 @@ def test_volume_reconstruction_orientation_and_batches(full3d):
     # the batch size changes nothing
     one = reconstruct(groups[0], _cfg(planes_per_batch=1))
     np.testing.assert_allclose(one.image, series.image, rtol=1e-5, atol=1e-6)
+
+
+def test_whole_volume_method_gets_every_plane_at_once(full3d):
+    """A method registered with whole_volume gets the volume in one call, whatever
+    planes_per_batch says, with ``problem.volume`` marking its planes; other methods get
+    batches without it."""
+    _, groups = read_raw(full3d.path)
+    _WHOLE_CALLS.clear()
+    series = reconstruct(groups[0], _cfg("test-whole-volume", planes_per_batch=3))
+    assert len(_WHOLE_CALLS) == 1
+    (problem,) = _WHOLE_CALLS
+    assert problem.volume is not None and problem.volume.shape == (SHAPE[2],)
+    assert int(problem.volume.sum()) == problem.num_planes == series.info["planes_solved"]
+    batched = reconstruct(groups[0], _cfg("zerofill", planes_per_batch=3))
+    np.testing.assert_allclose(series.image, batched.image, rtol=1e-4, atol=1e-5)
 
 
 def test_preprocess_3d_in_chunks_matches_whole(raw3d):

@@ -9,6 +9,7 @@ inverse FFT along the readout (one ``(ky, kz)`` plane per readout position): k-s
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import torch
 
@@ -49,6 +50,16 @@ class PlaneSenseOperator(SenseOperator):
         b, c, h, w = self.csm.shape
         return f"PlaneSense(planes={b}, coils={c}, image={(h, w)})"
 
+    def select(self, planes: slice) -> PlaneSenseOperator:
+        """The operator of planes ``planes`` (views of the maps and masks, no copies)."""
+        op = PlaneSenseOperator.__new__(PlaneSenseOperator)
+        LinearOperator.__init__(op, self.ishape, self.oshape, name="PlaneSense")
+        op.csm, op.ndim = self.csm[planes], 2
+        op.mask = None
+        if self.mask is not None:
+            op.mask = self.mask if self.mask.shape[0] == 1 else self.mask[planes]
+        return op
+
 
 def plane_operator(csm: torch.Tensor, mask: torch.Tensor) -> SenseOperator:
     """The SENSE operator of one plane (``csm [C, H, W]``) or a batch (``csm [B, C, H, W]``)."""
@@ -57,10 +68,28 @@ def plane_operator(csm: torch.Tensor, mask: torch.Tensor) -> SenseOperator:
     return PlaneSenseOperator(csm, mask)
 
 
+#: planes per chunk where a method walks a large batch (a whole 3D volume) in parts to bound
+#: the memory of its ``[B, C, H, W]`` temporaries
+PLANES_PER_CHUNK = 16
+
+
+def map_planes(
+    fn: Callable[[slice], torch.Tensor], count: int, chunk: int | None = PLANES_PER_CHUNK
+) -> torch.Tensor:
+    """``fn`` on slices of ``chunk`` planes out of ``count`` (``fn(slice)`` returns that
+    slice's result with the plane axis first), concatenated; one call when ``chunk`` is None or
+    covers every plane."""
+    if chunk is None or chunk >= count:
+        return fn(slice(0, count))
+    return torch.cat([fn(slice(i, min(i + chunk, count))) for i in range(0, count, chunk)])
+
+
 def coil_support(csm: torch.Tensor | None, threshold: float = 1e-6) -> torch.Tensor | None:
     """Boolean ``[..., H, W]`` support of coil maps ``[..., C, H, W]``: ``Σ|S_c|² > threshold``."""
     if csm is None:
         return None
+    if csm.ndim == 4:  # a batch of planes, possibly a whole volume: in chunks of planes
+        return map_planes(lambda sl: (csm[sl].abs() ** 2).sum(dim=-3) > threshold, len(csm))
     return (csm.abs() ** 2).sum(dim=-3) > threshold
 
 
@@ -82,7 +111,9 @@ def signal_planes(
     """
     coils = kspace.shape[-3]
     n = mask.flatten(1).sum(dim=1).to(torch.float64) * coils
-    energy = (kspace.abs() ** 2).flatten(1).sum(dim=1).to(torch.float64)
+    energy = map_planes(
+        lambda sl: (kspace[sl].abs() ** 2).flatten(1).sum(dim=1).to(torch.float64), len(kspace)
+    )
     sigma2 = noise_std.to(torch.float64).reshape(-1) ** 2
     limit = n * sigma2 * (1.0 + z / n.clamp_min(1.0).sqrt())
     return (energy > limit) | (sigma2 <= 0)
@@ -153,8 +184,10 @@ def per_plane(value: torch.Tensor | float, batch: int, device: torch.device) -> 
 
 
 __all__ = [
+    "PLANES_PER_CHUNK",
     "PlaneSenseOperator",
     "coil_support",
+    "map_planes",
     "per_plane",
     "plane_generators",
     "plane_operator",

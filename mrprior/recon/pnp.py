@@ -25,7 +25,9 @@ import torch
 from mrprior.mr.linop import FunctionOperator, LinearOperator
 from mrprior.priors.base import ScorePrior
 from mrprior.recon.cg import conjugate_gradient, normal_operator
-from mrprior.recon.prior_pics import Callback, max_scale, prior_denoise, sigma_schedule
+from mrprior.recon.planes import PlaneSenseOperator, map_planes
+from mrprior.recon.prior_pics import Callback, max_scale, sigma_schedule
+from mrprior.recon.views import View, denoise_in_view
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,26 @@ def regularized_normal(op: LinearOperator, mu: float | torch.Tensor) -> LinearOp
         return gram(x) + mu * x
 
     return FunctionOperator(apply, apply, op.ishape, op.ishape, name=f"({op.name}ᴴ{op.name}+μI)")
+
+
+def planewise(
+    op: LinearOperator,
+    count: int,
+    chunk: int | None,
+    fn: Callable[[LinearOperator, slice], torch.Tensor],
+) -> torch.Tensor:
+    """``fn(op, slice(None))``, or for a batch of planes (:class:`PlaneSenseOperator`) with a
+    ``chunk``, ``fn(op.select(sl), sl)`` on ``chunk`` planes at a time, concatenated: the
+    planes are independent systems, so the result is the same while the ``[B, C, H, W]``
+    temporaries of the operator shrink to ``[chunk, C, H, W]``."""
+    if chunk is None or not isinstance(op, PlaneSenseOperator):
+        return fn(op, slice(None))
+    return map_planes(lambda sl: fn(op.select(sl), sl), count, chunk)
+
+
+def _rows(t: torch.Tensor, sl: slice, count: int) -> torch.Tensor:
+    """The planes ``sl`` of a per-plane value ``[B, 1, 1]`` (a shared value as it is)."""
+    return t[sl] if t.ndim >= 3 and t.shape[-3] == count else t
 
 
 def pnp_hqs(
@@ -54,6 +76,9 @@ def pnp_hqs(
     scale: float | torch.Tensor | None = None,
     x0: torch.Tensor | None = None,
     support: torch.Tensor | None = None,
+    views: Sequence[View] = (),
+    volume_planes: torch.Tensor | None = None,
+    plane_chunk: int | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Plug-and-play HQS: CG data consistency alternating with the prior's MMSE denoiser.
@@ -76,6 +101,14 @@ def pnp_hqs(
         ``AᴴA x = Aᴴ y``.
     x0 : initial image; default that CG solution.
     support : bool ``[H, W]``; the image is set to zero outside (ESPIRiT support).
+    views : :class:`~mrprior.recon.views.View` s cycled over the levels (level ``k`` denoises in
+        ``views[k % len(views)]``); empty: the planes as they are. With a resliced view the
+        batch must be a whole 3D volume (see ``volume_planes``) and the default ``scale`` is one
+        value for all planes (the largest).
+    volume_planes : bool ``[B]``: which planes of the whole volume the batch holds (resliced
+        views); default all.
+    plane_chunk : for a batch of planes without leading sample dims, solve the data
+        consistency ``plane_chunk`` planes at a time (bounds memory; same result).
     callback : ``callback(k, x)``; returning True stops.
 
     Returns
@@ -88,14 +121,25 @@ def pnp_hqs(
     if bool((sn < 0).any()):
         raise ValueError(f"{noise_std=} must be >= 0")
     sigmas = sigma_schedule(float(sigma[0]), float(sigma[1]), max_iterations)
-    rhs0 = op.adjoint(y)
+    count = int(y.shape[0]) if y.ndim > len(op.oshape) else 1
+    rhs0 = planewise(op, count, plane_chunk, lambda o, sl: o.adjoint(y[sl]))
     batch_ndim = rhs0.ndim - len(op.ishape)  # each image of a batch is its own system
-    x_cg = conjugate_gradient(
-        normal_operator(op), rhs0, max_iterations=cg_iterations, batch_ndim=batch_ndim
+    x_cg = planewise(
+        op,
+        count,
+        plane_chunk,
+        lambda o, sl: conjugate_gradient(
+            normal_operator(o), rhs0[sl], max_iterations=cg_iterations, batch_ndim=batch_ndim
+        ),
     )
     if support is not None:
         x_cg = x_cg * support
-    c = max_scale(x_cg) if scale is None else torch.as_tensor(scale, device=y.device)
+    if scale is not None:
+        c = torch.as_tensor(scale, device=y.device)
+    elif any(v.resliced for v in views):  # resliced views mix planes: one scale for them all
+        c = max_scale(x_cg).amax()
+    else:
+        c = max_scale(x_cg)
     x = x_cg if x0 is None else x0.clone()
     if support is not None:
         x = x * support
@@ -103,6 +147,8 @@ def pnp_hqs(
         x = hqs_step(
             op, rhs0, prior, x, s, scale=c, noise_std=sn, kappa=kappa, mu_min=mu_min,
             cg_iterations=cg_iterations, support=support,
+            view=views[k % len(views)] if views else None, volume_planes=volume_planes,
+            plane_chunk=plane_chunk,
         ).x  # fmt: skip
         if callback is not None and callback(k, x):
             break
@@ -133,6 +179,9 @@ def hqs_step(
     cg_iterations: int,
     support: torch.Tensor | None = None,
     perturbation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    view: View | None = None,
+    volume_planes: torch.Tensor | None = None,
+    plane_chunk: int | None = None,
 ) -> HqsStep:
     """One HQS iteration in data units: ``z = c · D(x / c, σ)`` (zero outside the support),
     then ``(AᴴA + μ) x = Aᴴy + μ z [+ perturbation(μ)]`` by warm-started CG, with
@@ -141,20 +190,30 @@ def hqs_step(
     ``rhs0 = Aᴴy``; ``x`` may carry leading sample dims before those of ``rhs0`` (each image is
     its own CG system). ``perturbation(μ)``, when given, is added to the right-hand side (a
     perturb-and-MAP draw from the Gaussian conditional, see :mod:`mrprior.recon.posterior`).
+    ``view`` / ``volume_planes``: the view the denoiser sees
+    (:func:`~mrprior.recon.views.denoise_in_view`); ``plane_chunk``: CG on that many planes at
+    a time (:func:`planewise`; planes without leading sample dims).
     """
-    z = prior_denoise(prior, x / scale, sigma) * scale
+    z = denoise_in_view(prior, x / scale, sigma, view, volume_planes) * scale
     if support is not None:
         z = z * support
     mu = (kappa * noise_std**2 / (sigma * scale) ** 2).clamp_min(mu_min)
     rhs = rhs0 + mu * z
     if perturbation is not None:
         rhs = rhs + perturbation(mu)
-    x = conjugate_gradient(
-        regularized_normal(op, mu),
-        rhs,
-        x0=z,
-        max_iterations=cg_iterations,
-        batch_ndim=x.ndim - len(op.ishape),
+    batch_ndim = x.ndim - len(op.ishape)
+    count = int(x.shape[0]) if batch_ndim == 1 else 1
+    x = planewise(
+        op,
+        count,
+        plane_chunk if batch_ndim == 1 else None,
+        lambda o, sl: conjugate_gradient(
+            regularized_normal(o, _rows(mu, sl, count)),
+            rhs[sl],
+            x0=z[sl],
+            max_iterations=cg_iterations,
+            batch_ndim=batch_ndim,
+        ),
     )
     if support is not None:
         x = x * support

@@ -34,7 +34,9 @@ from mrprior.recon.cg import conjugate_gradient, normal_operator
 from mrprior.recon.langevin import annealed_langevin
 from mrprior.recon.nlinv import nlinv
 from mrprior.recon.planes import (
+    PLANES_PER_CHUNK,
     coil_support,
+    map_planes,
     per_plane,
     plane_operator,
     scatter_planes,
@@ -45,6 +47,7 @@ from mrprior.recon.pnp import pnp_hqs
 from mrprior.recon.posterior import HQS_UNCERTAINTY_SCALE, hqs_posterior
 from mrprior.recon.prior_pics import max_scale, prior_fista
 from mrprior.recon.problem import ReconProblem, ReconResult, register_method
+from mrprior.recon.views import view_cycle
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ class PriorPicsSettings:
     cg_iterations: int = 5
     lam: float = 1e-4
     support: bool = True
+    views: bool = True
     noise_std: float | None = None
     prior: Any = "complex"
     seed: int = 0
@@ -303,21 +307,13 @@ def _signal_planes(
 ) -> _Planes:
     """Split off the planes whose k-space is at noise level (:func:`signal_planes`): they are
     not reconstructed and keep their zero-filled image (``Aᴴy``, or the root-sum-of-squares
-    image for calibration-free methods)."""
+    image for calibration-free methods). Walks a large batch in chunks of planes."""
     active = signal_planes(problem.kspace, problem.mask, noise_std)
-    fill = zero_filled(problem, combine)
-    if not bool(active.all()):
-        logger.info(
-            "%d of %d planes hold only noise: zero-filled", int((~active).sum()), len(active)
-        )
-    sub = ReconProblem(
-        problem.kspace[active],
-        problem.mask[active],
-        None if problem.csm is None else problem.csm[active],
-        problem.noise_std,
-        None if problem.calib is None else problem.calib[active],
-    )
-    return _Planes(active, sub, noise_std, fill)
+    fill = map_planes(lambda sl: zero_filled(problem.select(sl), combine), problem.num_planes)
+    if bool(active.all()):
+        return _Planes(active, problem, noise_std, fill)
+    logger.info("%d of %d planes hold only noise: zero-filled", int((~active).sum()), len(active))
+    return _Planes(active, problem.select(active), noise_std, fill)
 
 
 def _require_csm(problem: ReconProblem, method: str) -> torch.Tensor:
@@ -332,11 +328,15 @@ def _per_image(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, 1, 1)
 
 
-@register_method("prior-pics", batched=True)
+@register_method("prior-pics", batched=True, whole_volume=True)
 def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     """Linear prior-regularized SENSE reconstruction: plug-and-play HQS (default) or the
     published FISTA with a prior gradient step (``solver: fista``). All planes of a batch go
-    through the network together; each plane is scaled to ``max|x| = 1`` on its own."""
+    through the network together; each plane is scaled to ``max|x| = 1`` on its own. With
+    ``views`` (HQS) the denoiser sees the planes flipped/transposed in turn, and a whole 3D
+    volume (``problem.volume``) also resliced along its other two axes, with one scale for
+    the volume (:mod:`mrprior.recon.views`); the data consistency runs
+    :data:`~mrprior.recon.planes.PLANES_PER_CHUNK` planes at a time."""
     s = parse_settings("prior-pics", settings)
     t0 = time.perf_counter()
     _require_csm(problem, "prior-pics")
@@ -359,6 +359,9 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
                 mu_min=s.mu_min,
                 cg_iterations=s.cg_iterations,
                 support=support,
+                views=view_cycle(volume=p.volume is not None) if s.views else (),
+                volume_planes=p.volume,
+                plane_chunk=PLANES_PER_CHUNK,
             )
         else:
             xa = prior_fista(

@@ -37,6 +37,10 @@ class ReconProblem:
     noise_std : standard deviation of the (white) noise per complex k-space sample, when known
         (one value for all planes).
     calib : bool calibration region shaped like ``mask``, when known.
+    volume : for a batch that is one 3D volume: bool ``[N]`` over the volume's ``N`` planes
+        (readout positions, in order), True for the ``B`` planes the batch holds (the others
+        hold no object). None: the planes are not known to form a volume (a multi-slice exam,
+        or a part of a volume). Methods may then treat the planes as a 3D image.
     """
 
     kspace: torch.Tensor
@@ -44,6 +48,7 @@ class ReconProblem:
     csm: torch.Tensor | None = None
     noise_std: float | None = None
     calib: torch.Tensor | None = None
+    volume: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         k = self.kspace
@@ -64,6 +69,13 @@ class ReconProblem:
             raise ValueError(f"{tuple(self.csm.shape)=} does not fit {tuple(self.kspace.shape)=}")
         if self.noise_std is not None and not float(self.noise_std) >= 0:
             raise ValueError(f"noise_std must be a number >= 0: {self.noise_std!r}")
+        if self.volume is not None:
+            v = self.volume
+            if v.ndim != 1 or v.dtype != torch.bool or int(v.sum()) != self.num_planes:
+                raise ValueError(
+                    f"volume must be bool [N] with one True per plane ({self.num_planes}): "
+                    f"{tuple(v.shape)}, {v.dtype}, {int(v.sum()) if v.dtype == torch.bool else '-'}"
+                )
 
     @property
     def device(self) -> torch.device:
@@ -91,7 +103,27 @@ class ReconProblem:
         csm = None
         if self.csm is not None:
             csm = (self.csm if self.csm.ndim == 4 else self.csm[None]).expand(b, *k.shape[1:])
-        return ReconProblem(k, masks(self.mask), csm, self.noise_std, masks(self.calib))
+        return ReconProblem(
+            k, masks(self.mask), csm, self.noise_std, masks(self.calib), self.volume
+        )
+
+    def select(self, planes: slice | torch.Tensor) -> ReconProblem:
+        """The planes ``planes`` (a slice: views; a bool ``[B]`` mask: copies) of a batch.
+        ``volume`` follows a mask (the planes left out join the empty ones); a slice of a
+        volume is no longer the whole volume (``volume`` None)."""
+        p = self.as_batch()
+        volume = None
+        if isinstance(planes, torch.Tensor) and p.volume is not None:
+            volume = p.volume.clone()
+            volume[p.volume] = planes.to(volume.device)
+        return ReconProblem(
+            p.kspace[planes],
+            p.mask[planes],
+            None if p.csm is None else p.csm[planes],
+            p.noise_std,
+            None if p.calib is None else p.calib[planes],
+            volume,
+        )
 
     def plane(self, i: int) -> ReconProblem:
         """Plane ``i`` of a batch as an unbatched problem."""
@@ -130,10 +162,11 @@ class ReconResult:
 MethodFn = Callable[[ReconProblem, dict[str, Any]], ReconResult]
 _METHODS: dict[str, MethodFn] = {}
 _NEEDS_CSM: dict[str, bool] = {}
+_WHOLE_VOLUME: dict[str, bool] = {}
 
 
 def register_method(
-    name: str, needs_csm: bool = True, batched: bool = False
+    name: str, needs_csm: bool = True, batched: bool = False, whole_volume: bool = False
 ) -> Callable[[MethodFn], MethodFn]:
     """Decorator: register a reconstruction method under ``name``.
 
@@ -142,8 +175,13 @@ def register_method(
     (:meth:`ReconProblem.as_batch`) and returns batched results (the built-in methods, which
     push all planes through their solver and network together); with ``batched=False`` it sees
     one plane at a time and a batch is reconstructed plane by plane (results stacked, ``info``
-    values gathered into per-plane lists).
+    values gathered into per-plane lists). ``whole_volume=True`` (batched methods only): the
+    pipeline hands the method every plane of a 3D volume in one batch (with
+    ``problem.volume``) rather than ``planes_per_batch`` at a time; the method bounds its own
+    memory.
     """
+    if whole_volume and not batched:
+        raise ValueError(f"method {name!r}: whole_volume needs batched=True")
 
     def deco(fn: MethodFn) -> MethodFn:
         if name in _METHODS and getattr(_METHODS[name], "__wrapped__", None) is not fn:
@@ -160,6 +198,7 @@ def register_method(
 
         _METHODS[name] = run
         _NEEDS_CSM[name] = needs_csm
+        _WHOLE_VOLUME[name] = whole_volume
         return run
 
     return deco
@@ -185,6 +224,12 @@ def get_method(name: str) -> MethodFn:
 def method_needs_csm(name: str) -> bool:
     get_method(name)
     return _NEEDS_CSM[name]
+
+
+def method_takes_whole_volume(name: str) -> bool:
+    """True when ``name`` wants every plane of a 3D volume in one call."""
+    get_method(name)
+    return _WHOLE_VOLUME[name]
 
 
 def method_names() -> list[str]:
