@@ -502,12 +502,16 @@ class PlaneStack:
         k-space in ``(kz, ky)`` and image space along the readout.
     maps : coil maps shaped like ``hybrid`` (image space on all axes), or None.
     mask, calib : bool ``[H, W]`` shared by every plane (``(ky, kx)`` or ``(kz, ky)``).
+    data_scale : BART's data scale of the group's whole (2D or 3D) k-space as the methods see
+        it (:func:`~mrprior.recon.fista.bart_scaling`, computed before the readout transform),
+        shared by every plane: ``ReconProblem.data_scale``.
     """
 
     hybrid: Any
     maps: Any
     mask: Any
     calib: Any
+    data_scale: float | None = None
 
     @property
     def is_volume(self) -> bool:
@@ -558,19 +562,27 @@ def plane_stack(ks: KSpace, maps: Any, use_calib: bool, copy: bool = False) -> P
     use_calib : calibration-only lines join the measured data (:func:`use_calib_as_data`).
     copy : transform a copy of a 3D volume instead of ``ks.data`` itself.
     """
+    from mrprior.recon.fista import bart_scaling
+
     sampled = ks.mask | ks.calib if use_calib else ks.mask
     if not ks.is_3d:
-        return PlaneStack(ks.data * sampled[None], maps, sampled, ks.calib)
+        data2 = ks.data * sampled[None]
+        scale = bart_scaling(to_torch(data2), to_torch(sampled))
+        return PlaneStack(data2, maps, sampled, ks.calib, scale)
     xp = ks.xp
     centre = ks.data.shape[-1] // 2
     mask2 = sampled[:, :, centre]
     calib2 = ks.calib[:, :, centre]
+    # the k-space every plane sees: the readout centre's (kz, ky) sampling at every x
+    scale = bart_scaling(
+        to_torch(ks.data), to_torch(xp.broadcast_to(mask2[..., None], sampled.shape))
+    )
     data = ks.data.copy() if copy else ks.data
     for z0 in range(0, data.shape[1], PREPROCESS_CHUNK):
         chunk = data[:, z0 : z0 + PREPROCESS_CHUNK]
         chunk *= mask2[None, z0 : z0 + PREPROCESS_CHUNK, :, None]
         data[:, z0 : z0 + PREPROCESS_CHUNK] = ifftc(chunk, ndim=1)
-    return PlaneStack(data, maps, xp.asarray(mask2), xp.asarray(calib2))
+    return PlaneStack(data, maps, xp.asarray(mask2), xp.asarray(calib2), scale)
 
 
 def _fit_volume(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -626,10 +638,15 @@ def reconstruct(kspace: KSpace, cfg: ReconConfig) -> ImageSeries:
             kdata = kdata[sel]
             kmaps = None if kmaps is None else kmaps[sel]
         if stack.is_volume:
-            problem = ReconProblem(kdata, mask, kmaps, noise_std, calib)
+            problem = ReconProblem(kdata, mask, kmaps, noise_std, calib, stack.data_scale)
         else:  # one plane: the unbatched form every method has always taken
             problem = ReconProblem(
-                kdata[0], mask, None if kmaps is None else kmaps[0], noise_std, calib
+                kdata[0],
+                mask,
+                None if kmaps is None else kmaps[0],
+                noise_std,
+                calib,
+                stack.data_scale,
             )
         check_cancelled()
         result = method(problem, settings)

@@ -316,6 +316,7 @@ def _signal_planes(
         None if problem.csm is None else problem.csm[active],
         problem.noise_std,
         None if problem.calib is None else problem.calib[active],
+        problem.data_scale,
     )
     return _Planes(active, sub, noise_std, fill)
 

@@ -37,6 +37,11 @@ class ReconProblem:
     noise_std : standard deviation of the (white) noise per complex k-space sample, when known
         (one value for all planes).
     calib : bool calibration region shaped like ``mask``, when known.
+    data_scale : the data scale of the whole acquisition the planes come from, when known:
+        BART's intensity estimate (:func:`mrprior.recon.fista.bart_scaling`) of the whole 2D
+        or 3D k-space, shared by every plane, so that a fixed λ means what ``bart pics -r λ``
+        means on that acquisition. None: methods that need one estimate it per plane (right
+        for a single 2D plane, not for the planes of a 3D volume).
     """
 
     kspace: torch.Tensor
@@ -44,6 +49,7 @@ class ReconProblem:
     csm: torch.Tensor | None = None
     noise_std: float | None = None
     calib: torch.Tensor | None = None
+    data_scale: float | None = None
 
     def __post_init__(self) -> None:
         k = self.kspace
@@ -64,6 +70,8 @@ class ReconProblem:
             raise ValueError(f"{tuple(self.csm.shape)=} does not fit {tuple(self.kspace.shape)=}")
         if self.noise_std is not None and not float(self.noise_std) >= 0:
             raise ValueError(f"noise_std must be a number >= 0: {self.noise_std!r}")
+        if self.data_scale is not None and not float(self.data_scale) > 0:
+            raise ValueError(f"data_scale must be a number > 0: {self.data_scale!r}")
 
     @property
     def device(self) -> torch.device:
@@ -91,7 +99,9 @@ class ReconProblem:
         csm = None
         if self.csm is not None:
             csm = (self.csm if self.csm.ndim == 4 else self.csm[None]).expand(b, *k.shape[1:])
-        return ReconProblem(k, masks(self.mask), csm, self.noise_std, masks(self.calib))
+        return ReconProblem(
+            k, masks(self.mask), csm, self.noise_std, masks(self.calib), self.data_scale
+        )
 
     def plane(self, i: int) -> ReconProblem:
         """Plane ``i`` of a batch as an unbatched problem."""
@@ -102,6 +112,7 @@ class ReconProblem:
             None if p.csm is None else p.csm[i],
             p.noise_std,
             None if p.calib is None else p.calib[i],
+            p.data_scale,
         )
 
 
