@@ -613,8 +613,10 @@ def reconstruct(kspace: KSpace, cfg: ReconConfig) -> ImageSeries:
     method = get_method(cfg.method)
     ks = preprocess(kspace.to(device), cfg)
     t_pre = time.perf_counter()
+    logger.debug("preprocessed %s in %.1f s", tuple(ks.data.shape), t_pre - t0)
     maps = coil_maps(ks, cfg, device) if method_needs_csm(cfg.method) else None
     t_csm = time.perf_counter()
+    logger.debug("coil maps in %.1f s", t_csm - t_pre)
     noise_std, prewhitened = _noise_std(ks), ks.prewhitened
     stack = plane_stack(ks, maps, use_calib_as_data(cfg, ks), copy=ks.data is kspace.data)
     del ks  # the stack owns the (transformed) data now
@@ -672,6 +674,7 @@ def reconstruct(kspace: KSpace, cfg: ReconConfig) -> ImageSeries:
         elif not info:  # a volume: the first batch's scalars (per-plane lists left out)
             info = {k: v for k, v in result.info.items() if not isinstance(v, list | tuple)}
         solved += int(active.size)
+        logger.debug("planes %d:%d of %d done (%d solved so far)", start, stop, n, solved)
     t_rec = time.perf_counter()
     nx, ny, nz = kspace.encoding.recon_matrix
     shape = (nz, ny, nx) if stack.is_volume else (ny, nx)
