@@ -29,6 +29,8 @@ from mrprior.mr.fft import fftc
 from mrprior.pipeline import acquisition_buffer, images_from_series, load_recon_config, reconstruct
 from tests.io.raw3d import header_3d
 
+logger = logging.getLogger("bench_3d_memory")
+
 
 def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB
@@ -76,8 +78,16 @@ def main() -> None:
     p.add_argument("--method", default="sense")
     p.add_argument("--planes-per-batch", type=int, default=16)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log each phase and each plane batch to stderr (with timestamps)",
+    )
     args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    if args.verbose:
+        logging.getLogger("mrprior.pipeline").setLevel(logging.DEBUG)
+        logger.setLevel(logging.INFO)
     nz, ny, nx = args.shape
     c = args.coils
     ry, rz = args.accel
@@ -128,10 +138,13 @@ def main() -> None:
         volumes += buffer.add(acq)
     t_buf = time.perf_counter()
     peak_buffer, rss_buffer = _peak_gb(), _rss_gb()
+    logger.info("buffered %d lines in %.1f s: rss %.2f GiB, peak %.2f GiB", len(rows),
+                t_buf - t0, rss_buffer, peak_buffer)  # fmt: skip
     (ks,) = volumes
     series = reconstruct(ks, cfg)
     t_rec = time.perf_counter()
     peak_recon = _peak_gb()
+    logger.info("reconstructed in %.1f s: peak %.2f GiB", t_rec - t_buf, peak_recon)
     images = images_from_series(series, cfg)
     t_img = time.perf_counter()
     result = {

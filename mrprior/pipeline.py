@@ -507,6 +507,9 @@ class PlaneStack:
         k-space in ``(kz, ky)`` and image space along the readout.
     maps : coil maps shaped like ``hybrid`` (image space on all axes), or None.
     mask, calib : bool ``[H, W]`` shared by every plane (``(ky, kx)`` or ``(kz, ky)``).
+    data_scale : BART's data scale of the group's whole (2D or 3D) k-space as the methods see
+        it (:func:`~mrprior.recon.fista.bart_scaling`, computed before the readout transform),
+        shared by every plane: ``ReconProblem.data_scale``.
     """
 
     hybrid: Any
@@ -515,6 +518,7 @@ class PlaneStack:
     calib: Any
     is_volume: bool = field(init=False)
     count: int = field(init=False)  # planes: 1 for a 2D group, the readout length for a volume
+    data_scale: float | None = None
 
     def __post_init__(self) -> None:
         self.is_volume = self.hybrid.ndim == 4
@@ -575,19 +579,27 @@ def plane_stack(ks: KSpace, maps: Any, use_calib: bool, copy: bool = False) -> P
     use_calib : calibration-only lines join the measured data (:func:`use_calib_as_data`).
     copy : transform a copy of a 3D volume instead of ``ks.data`` itself.
     """
+    from mrprior.recon.fista import bart_scaling
+
     sampled = ks.mask | ks.calib if use_calib else ks.mask
     if not ks.is_3d:
-        return PlaneStack(ks.data * sampled[None], maps, sampled, ks.calib)
+        data2 = ks.data * sampled[None]
+        scale = bart_scaling(to_torch(data2), to_torch(sampled))
+        return PlaneStack(data2, maps, sampled, ks.calib, scale)
     xp = ks.xp
     centre = ks.data.shape[-1] // 2
     mask2 = sampled[:, :, centre]
     calib2 = ks.calib[:, :, centre]
+    # the k-space every plane sees: the readout centre's (kz, ky) sampling at every x
+    scale = bart_scaling(
+        to_torch(ks.data), to_torch(xp.broadcast_to(mask2[..., None], sampled.shape))
+    )
     data = ks.data.copy() if copy else ks.data
     for z0 in range(0, data.shape[1], PREPROCESS_CHUNK):
         chunk = data[:, z0 : z0 + PREPROCESS_CHUNK]
         chunk *= mask2[None, z0 : z0 + PREPROCESS_CHUNK, :, None]
         data[:, z0 : z0 + PREPROCESS_CHUNK] = ifftc(chunk, ndim=1)
-    return PlaneStack(data, maps, xp.asarray(mask2), xp.asarray(calib2))
+    return PlaneStack(data, maps, xp.asarray(mask2), xp.asarray(calib2), scale)
 
 
 def _fit_volume(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -618,8 +630,10 @@ def reconstruct(kspace: KSpace, cfg: ReconConfig) -> ImageSeries:
     method = get_method(cfg.method)
     ks = preprocess(kspace.to(device), cfg)
     t_pre = time.perf_counter()
+    logger.debug("preprocessed %s in %.1f s", tuple(ks.data.shape), t_pre - t0)
     maps = coil_maps(ks, cfg, device) if method_needs_csm(cfg.method) else None
     t_csm = time.perf_counter()
+    logger.debug("coil maps in %.1f s", t_csm - t_pre)
     noise_std, prewhitened = _noise_std(ks), ks.prewhitened
     stack = plane_stack(ks, maps, use_calib_as_data(cfg, ks), copy=ks.data is kspace.data)
     del ks  # the stack owns the (transformed) data now
@@ -645,10 +659,15 @@ def reconstruct(kspace: KSpace, cfg: ReconConfig) -> ImageSeries:
         kdata, kmaps = stack.planes(start, stop, device, active, release=whole)
         if stack.is_volume:
             volume = torch.as_tensor(in_object, device=device) if whole else None
-            problem = ReconProblem(kdata, mask, kmaps, noise_std, calib, volume)
+            problem = ReconProblem(kdata, mask, kmaps, noise_std, calib, stack.data_scale, volume)
         else:  # one plane: the unbatched form every method has always taken
             problem = ReconProblem(
-                kdata[0], mask, None if kmaps is None else kmaps[0], noise_std, calib
+                kdata[0],
+                mask,
+                None if kmaps is None else kmaps[0],
+                noise_std,
+                calib,
+                stack.data_scale,
             )
         check_cancelled()
         result = method(problem, settings)
@@ -674,6 +693,7 @@ def reconstruct(kspace: KSpace, cfg: ReconConfig) -> ImageSeries:
         elif not info:  # a volume: the first batch's scalars (per-plane lists left out)
             info = {k: v for k, v in result.info.items() if not isinstance(v, list | tuple)}
         solved += int(active.size)
+        logger.debug("planes %d:%d of %d done (%d solved so far)", start, stop, n, solved)
     t_rec = time.perf_counter()
     nx, ny, nz = kspace.encoding.recon_matrix
     shape = (nz, ny, nx) if stack.is_volume else (ny, nx)

@@ -397,6 +397,39 @@ def test_sense_on_a_volume_with_3d_espirit_maps(calib3d):
     assert sense.info["planes_solved"] < sense.info["planes"] == SHAPE[2]
 
 
+def test_l1_on_a_volume_uses_one_bart_scale_for_all_planes(calib3d):
+    """A fixed λ means ``bart pics -r λ`` on the 3D k-space: every plane is divided by the one
+    BART scaling of the whole volume (not by its own), whatever the batches and with the
+    background planes skipped, so the batching changes nothing."""
+    from mrprior.backend import to_torch
+    from mrprior.recon.fista import bart_scaling
+
+    _, groups = read_raw(calib3d.path)
+
+    def l1(**kw: object) -> object:  # the calibration box joins the data (BART sees it too)
+        return _cfg("l1", kernel_size=5, calib_as_data=True, **kw)
+
+    split = reconstruct(groups[0], l1(planes_per_batch=5, **{"settings.lam": 0.01}))
+    whole = reconstruct(groups[0], l1(planes_per_batch=64, **{"settings.lam": 0.01}))
+    assert split.info["planes_solved"] < split.info["planes"]  # background planes skipped
+    ks = preprocess(groups[0], l1())
+    sampled = ks.mask | ks.calib
+    expect = bart_scaling(to_torch(ks.data), to_torch(sampled))
+    assert expect != 1.0  # a real estimate from the 12 × 12 × 20 calibration block
+    assert split.info["scale"] == pytest.approx(expect, rel=1e-6)
+    assert whole.info["scale"] == pytest.approx(expect, rel=1e-6)
+    assert split.info["lam_used"] == 0.01
+    peak = float(np.abs(whole.image).max())
+    np.testing.assert_allclose(split.image, whole.image, rtol=1e-4, atol=1e-5 * peak)
+    # a plane's own estimate is not the volume's: the planes were not scaled one by one
+    stack = plane_stack(ks, None, use_calib=True, copy=True)
+    kplane, _ = stack.planes(SHAPE[2] // 2, SHAPE[2] // 2 + 1, torch.device("cpu"))
+    own = bart_scaling(kplane[0], to_torch(stack.mask))
+    assert abs(own / expect - 1) > 0.05, (own, expect)
+    auto = reconstruct(groups[0], l1(**{"settings.lam": "auto"}))
+    assert auto.info["lam_used"] > 0  # one λ in BART's units for the volume
+
+
 def test_coil_maps_zero_everywhere_is_a_clear_error(calib3d):
     _, groups = read_raw(calib3d.path)
     with pytest.raises(DataError, match="coil maps are zero everywhere"):

@@ -79,75 +79,115 @@ def fista(
     return x
 
 
-def _calib_block(pattern: np.ndarray, size: int = 32) -> tuple[int, int, int, int]:
-    """BART's ``calib_geom``: the centered fully-sampled block, grown one line per axis in turn.
+#: edge of BART's calibration block for the data scaling (``cal_size`` of ``estimate_scaling``)
+CALIB_SIZE = 32
 
-    ``pattern`` is bool ``[ky, kx]``. BART's dim 0 is our kx (readout), dim 1 our ky; the ky extent
-    is searched in the central ``min(size, ny)`` lines, each side grows up to ``size``.
-    Returns ``(y0, cy, x0, cx)`` (start and size along ky and kx).
+
+def _calib_block(pattern: np.ndarray, size: int = CALIB_SIZE) -> list[tuple[int, int]]:
+    """BART's ``calib_geom``: the centred fully-sampled block, grown one sample per axis in turn.
+
+    ``pattern`` is bool ``[*phase, readout]`` (``[ky, kx]`` or ``[kz, ky, kx]``, the readout
+    last); BART's dimensions are ours reversed (its dim 0 is the readout), and it grows them in
+    its order (readout, ky, kz), each up to ``min(size, n)``, an axis stopping when the grown
+    block is no longer fully sampled. Returns ``(start, size)`` per axis of ``pattern``; the
+    readout start is the centred one (:func:`bart_scaling` then slides it along the readout).
     """
-    ny, nx = pattern.shape
-    ty = min(size, ny)
-    ty0 = (ny - ty) // 2
-    tmp = pattern[ty0 : ty0 + ty, :]
-    dims = [nx, ty]  # BART order: [readout, phase]
-    cal = [1, 1]
-    pos = [(dims[0] - 1) // 2, (dims[1] - 1) // 2]
-    stop = [False, False]
+    dims = pattern.shape[::-1]  # BART order: readout first
+    cal = [1] * len(dims)
+    pos = [(d - 1) // 2 for d in dims]
+    stop = [False] * len(dims)
+
+    def block() -> np.ndarray:
+        return pattern[tuple(slice(p, p + c) for p, c in zip(pos[::-1], cal[::-1], strict=True))]
+
     while not all(stop):
-        for i in range(2):
-            if cal[i] == dims[i] or cal[i] >= size:
+        for i, d in enumerate(dims):
+            if cal[i] == d or cal[i] >= size:
                 stop[i] = True
             if stop[i]:
                 continue
             cal[i] += 1
-            pos[i] = (dims[i] - cal[i]) // 2
-            blk = tmp[pos[1] : pos[1] + cal[1], pos[0] : pos[0] + cal[0]]
-            if not bool(blk.all()):
+            pos[i] = (d - cal[i]) // 2
+            if not bool(block().all()):
                 cal[i] -= 1
-                pos[i] = (dims[i] - cal[i]) // 2
+                pos[i] = (d - cal[i]) // 2
                 stop[i] = True
-    return ty0 + pos[1], cal[1], pos[0], cal[0]
+    return list(zip(pos[::-1], cal[::-1], strict=True))
 
 
 def bart_scaling(kspace: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """The data scale ``s`` of ``bart pics`` (``estimate_scaling``; k-space is divided by it).
+    """The data scale ``s`` of ``bart pics`` (``estimate_scaling``; k-space is divided by it),
+    of a 2D or a whole 3D k-space.
 
-    1. Find the central fully-sampled calibration block (at most 32×32, see :func:`_calib_block`;
-       the pattern is ``mask`` or, as in BART, where any coil is non-zero). BART also slides the
-       block along the readout to the position of maximal energy; we do the same.
-    2. Root-sum-of-squares of the orthonormal inverse FFT of that block ``[cy, cx]``.
+    1. Take the central ``min(32, n)`` samples of every phase-encoding axis (the whole
+       readout) and find in it the central fully-sampled calibration block (at most 32 per
+       axis, :func:`_calib_block`; the pattern is ``mask`` or, as in BART, where any coil is
+       non-zero). Slide the block along the readout to the position of maximal energy (the
+       first maximum, as BART's strict ``>`` scan).
+    2. Root-sum-of-squares over coils of the orthonormal inverse FFT (2D or 3D) of that block.
     3. Sort the magnitudes; ``median``, ``p90`` (index ``⌊0.9 n⌋``), ``max``, each divided by
-       ``sqrt(ny nx / (cy cx))``; ``s = p90`` if ``max - p90 < 2 (p90 - median)`` else ``max``.
+       ``∏_axes sqrt(n_axis / c_axis)``; ``s = p90`` if ``max - p90 < 2 (p90 - median)`` else
+       ``max``.
+
+    On a 3D volume this is one scale for the whole k-space, what ``bart pics`` on the 3D data
+    uses for every readout position; only the central block is read (no copy of the volume).
 
     Parameters
     ----------
-    kspace : ``[C, ky, kx]`` complex (unsampled positions zero).
-    mask : optional bool ``[ky, kx]`` sampling pattern.
+    kspace : complex ``[C, ky, kx]`` or ``[C, kz, ky, kx]`` (readout last; unsampled positions
+        zero).
+    mask : optional bool ``[ky, kx]`` / ``[kz, ky, kx]`` sampling pattern (positions outside
+        it are treated as unsampled).
     """
     k = kspace.detach()
-    if k.ndim != 3:
-        raise ValueError(f"kspace must be [C, ky, kx]: {tuple(k.shape)=}")
-    _, ny, nx = k.shape
-    pat = (k.abs() > 0).any(dim=0) if mask is None else mask.to(torch.bool)
-    y0, cy, _x0, cx = _calib_block(pat.cpu().numpy())
-    rows = k[:, y0 : y0 + cy, :]
-    energy = (rows.abs() ** 2).sum(dim=(0, 1)).double().cpu().numpy()  # per readout position
+    if k.ndim not in (3, 4) or not k.is_complex():
+        raise ValueError(
+            f"kspace must be complex [C, ky, kx] or [C, kz, ky, kx]: {tuple(k.shape)=}"
+        )
+    spatial = tuple(int(n) for n in k.shape[1:])
+    if mask is not None and tuple(mask.shape) != spatial:
+        raise ValueError(f"mask {tuple(mask.shape)} does not fit k-space {spatial}")
+    # BART's extract_calib2: the central min(32, n) of each phase axis, the whole readout
+    widths = [min(CALIB_SIZE, n) for n in spatial[:-1]]
+    crop = tuple(
+        slice((n - t) // 2, (n - t) // 2 + t) for n, t in zip(spatial, widths, strict=False)
+    )
+    sub = k[(slice(None), *crop)]
+    if mask is None:
+        pat = (sub.abs() > 0).any(dim=0)
+    else:
+        pat = mask[crop].to(device=k.device, dtype=torch.bool)
+    blocks = _calib_block(pat.cpu().numpy())
+    phase = tuple(slice(p, p + c) for p, c in blocks[:-1])
+    rows = sub[(slice(None), *phase)] * pat[phase]  # [C, *calib phase, readout]
+    sizes = [c for _, c in blocks]
+    cx = sizes[-1]
+    energy = (rows.abs() ** 2).flatten(0, -2).sum(dim=0).double().cpu().numpy()
     win = np.convolve(energy, np.ones(cx), mode="valid")  # sums over [r, r + cx)
-    r = int(np.argmax(win))  # first maximum, as BART's strict '>' scan
-    blk = rows[:, :, r : r + cx]
-    img = torch.fft.ifft2(blk, norm="ortho")
+    r = int(np.argmax(win))  # first maximum
+    blk = rows[..., r : r + cx]
+    # BART's pics multiplies the whole k-space by its ``fftmod`` phase (a checkerboard for even
+    # sizes) before the estimate; on a block of odd size this changes the magnitudes
+    starts = [c.start + p for c, (p, _) in zip(crop, blocks, strict=False)] + [r]
+    for axis, (n, j0, size) in enumerate(zip(spatial, starts, sizes, strict=True), start=1):
+        if n > 1:
+            j = torch.arange(j0, j0 + size, dtype=torch.float64)
+            ramp = torch.polar(torch.ones_like(j), 2 * math.pi * j * (n // 2) / n)
+            shape = [1] * blk.ndim
+            shape[axis] = size
+            blk = blk * ramp.to(blk.device, blk.dtype).reshape(shape)
+    img = torch.fft.ifftn(blk, dim=tuple(range(1, blk.ndim)), norm="ortho")
     rss = torch.sqrt((img.abs() ** 2).sum(dim=0)).flatten()
     vals = torch.sort(rss.double().cpu()).values.numpy()
     n = vals.size
-    rescale = math.sqrt(nx / cx) * math.sqrt(ny / cy)
+    rescale = math.prod(math.sqrt(d / c) for d, c in zip(spatial, sizes, strict=True))
     median = vals[n // 2] / rescale
     p90 = vals[math.trunc(n * 0.9)] / rescale
     vmax = vals[-1] / rescale
     scale = p90 if (vmax - p90) < 2 * (p90 - median) else vmax
     logger.debug(
-        "BART scaling %.6g (calib %dx%d, max %.6g, p90 %.6g, median %.6g)",
-        scale, cy, cx, vmax, p90, median,
+        "BART scaling %.6g (calib %s, max %.6g, p90 %.6g, median %.6g)",
+        scale, "x".join(map(str, sizes)), vmax, p90, median,
     )  # fmt: skip
     return float(scale) if scale > 0 else 1.0
 

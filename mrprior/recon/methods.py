@@ -72,7 +72,12 @@ def sense_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult
 def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     """ℓ1-wavelet FISTA (``bart pics -l1 -r lam``); settings: ``lam`` (0.01, or ``"auto"``:
     from the noise level, :func:`mrprior.recon.l1_lambda.auto_lambda`), ``max_iterations`` (30,
-    BART's default), ``seed`` (0), ``wavelet`` ("db2")."""
+    BART's default), ``seed`` (0), ``wavelet`` ("db2").
+
+    A fixed ``lam`` is in BART's units: the data are divided by ``problem.data_scale`` (the
+    whole acquisition's BART scaling, e.g. of a 3D volume's k-space, the same for every plane)
+    or, without it, by each plane's own :func:`~mrprior.recon.fista.bart_scaling`.
+    """
     s = _settings("l1", settings, {"lam": 0.01, "max_iterations": 30, "seed": 0, "wavelet": "db2"})
     _needs_csm("l1", problem)
     auto = isinstance(s["lam"], str) and s["lam"].strip().lower() == "auto"
@@ -85,17 +90,21 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     if int(s["max_iterations"]) < 1:
         raise ConfigError(f"l1: max_iterations must be >= 1: {s['max_iterations']}")
     A = plane_operator(problem.csm, problem.mask)
-    scale = [bart_scaling(k, m) for k, m in zip(problem.kspace, problem.mask, strict=True)]
+    if problem.data_scale is not None:
+        scale: float | list[float] = float(problem.data_scale)
+    else:
+        scale = [bart_scaling(k, m) for k, m in zip(problem.kspace, problem.mask, strict=True)]
+    lam_used: float | list[float]
     if lam is None:
         from mrprior.recon.l1_lambda import auto_lambda
 
         # λ·s is the threshold on the unscaled data (FISTA is scale-equivariant), so one
         # absolute λ serves every plane with the data left unscaled
         lam = auto_lambda(problem, 1.0)
-        lam_used: float | list[float] = [lam / sc for sc in scale]  # in BART's units
-        scale = [1.0] * len(scale)
+        lam_used = lam / scale if isinstance(scale, float) else [lam / sc for sc in scale]
+        solver_scale: float | list[float] = 1.0  # in BART's units above
     else:
-        lam_used = lam
+        lam_used, solver_scale = lam, scale
     t0 = time.perf_counter()
     try:
         img = l1_wavelet(
@@ -105,14 +114,16 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
             max_iterations=int(s["max_iterations"]),
             seed=None if s["seed"] is None else int(s["seed"]),
             wavelet=str(s["wavelet"]),
-            scale=torch.tensor(scale, device=problem.device),
+            scale=torch.tensor(solver_scale, device=problem.device),
         )
     except ValueError as exc:  # e.g. a non-orthogonal wavelet name
         raise ConfigError(f"l1: {exc}") from exc
-    info = {"method": "l1", "seconds": time.perf_counter() - t0, "scale": scale, **s}
-    info["lam_used"] = (
-        lam_used[0] if isinstance(lam_used, list) and len(lam_used) == 1 else lam_used
-    )
+
+    def one(v: float | list[float]) -> float | list[float]:
+        return v[0] if isinstance(v, list) and len(v) == 1 else v
+
+    info = {"method": "l1", "seconds": time.perf_counter() - t0, **s}
+    info.update(scale=one(scale), lam_used=one(lam_used))
     return ReconResult(img, info=info)
 
 

@@ -37,6 +37,11 @@ class ReconProblem:
     noise_std : standard deviation of the (white) noise per complex k-space sample, when known
         (one value for all planes).
     calib : bool calibration region shaped like ``mask``, when known.
+    data_scale : the data scale of the whole acquisition the planes come from, when known:
+        BART's intensity estimate (:func:`mrprior.recon.fista.bart_scaling`) of the whole 2D
+        or 3D k-space, shared by every plane, so that a fixed λ means what ``bart pics -r λ``
+        means on that acquisition. None: methods that need one estimate it per plane (right
+        for a single 2D plane, not for the planes of a 3D volume).
     volume : for a batch that is one 3D volume: bool ``[N]`` over the volume's ``N`` planes
         (readout positions, in order), True for the ``B`` planes the batch holds (the others
         hold no object). None: the planes are not known to form a volume (a multi-slice exam,
@@ -48,6 +53,7 @@ class ReconProblem:
     csm: torch.Tensor | None = None
     noise_std: float | None = None
     calib: torch.Tensor | None = None
+    data_scale: float | None = None
     volume: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -69,6 +75,8 @@ class ReconProblem:
             raise ValueError(f"{tuple(self.csm.shape)=} does not fit {tuple(self.kspace.shape)=}")
         if self.noise_std is not None and not float(self.noise_std) >= 0:
             raise ValueError(f"noise_std must be a number >= 0: {self.noise_std!r}")
+        if self.data_scale is not None and not float(self.data_scale) > 0:
+            raise ValueError(f"data_scale must be a number > 0: {self.data_scale!r}")
         if self.volume is not None:
             v = self.volume
             if v.ndim != 1 or v.dtype != torch.bool or int(v.sum()) != self.num_planes:
@@ -104,7 +112,13 @@ class ReconProblem:
         if self.csm is not None:
             csm = (self.csm if self.csm.ndim == 4 else self.csm[None]).expand(b, *k.shape[1:])
         return ReconProblem(
-            k, masks(self.mask), csm, self.noise_std, masks(self.calib), self.volume
+            k,
+            masks(self.mask),
+            csm,
+            self.noise_std,
+            masks(self.calib),
+            self.data_scale,
+            self.volume,
         )
 
     def select(self, planes: slice | torch.Tensor) -> ReconProblem:
@@ -122,6 +136,7 @@ class ReconProblem:
             None if p.csm is None else p.csm[planes],
             p.noise_std,
             None if p.calib is None else p.calib[planes],
+            p.data_scale,
             volume,
         )
 
@@ -134,6 +149,7 @@ class ReconProblem:
             None if p.csm is None else p.csm[i],
             p.noise_std,
             None if p.calib is None else p.calib[i],
+            p.data_scale,
         )
 
 

@@ -101,16 +101,34 @@ def test_l1_scale_invariance():
 def test_calib_block_and_scaling_rule():
     pat = np.zeros((64, 64), dtype=bool)
     pat[32 - 10 : 32 + 10, 32 - 6 : 32 + 6] = True  # 20 ky lines x 12 kx columns
-    y0, cy, x0, cx = _calib_block(pat)
+    (y0, cy), (x0, cx) = _calib_block(pat)
     assert (cy, cx) == (20, 12) and pat[y0 : y0 + cy, x0 : x0 + cx].all()
     pat[:] = True
-    assert _calib_block(pat)[1::2] == (32, 32)  # capped at 32 like BART
+    assert [c for _, c in _calib_block(pat)] == [32, 32]  # capped at 32 like BART
     # a flat k-space block (delta image): max is an outlier -> p90 rule picks between them
     k = torch.zeros((2, 64, 64), dtype=torch.complex64)
     k[:, 16:48, 16:48] = 1.0
     s = bart_scaling(k)
     assert s > 0 and np.isfinite(s)
     assert bart_scaling(3 * k) == pytest.approx(3 * s, rel=1e-6)
+
+
+def test_bart_scaling_of_a_volume():
+    """One scale for a whole 3D k-space ``[C, kz, ky, kx]`` from its central calibration
+    block (``bart pics`` on 3D data; compared with BART itself in test_l1_vs_bart_3d.py)."""
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn((2, 40, 36, 48), dtype=torch.complex64, generator=g)
+    s = bart_scaling(k)
+    assert s > 0 and bart_scaling(2 * k) == pytest.approx(2 * s, rel=1e-6)
+    outer = k.clone()
+    outer[:, :4] = outer[:, 36:] = 0  # outside the central 32 partitions: not read
+    assert bart_scaling(outer) == pytest.approx(s, rel=1e-6)
+    # a single partition is the 2D estimate
+    assert bart_scaling(k[:, :1]) == pytest.approx(bart_scaling(k[:, 0]), rel=1e-6)
+    with pytest.raises(ValueError, match="does not fit"):
+        bart_scaling(k, torch.ones((40, 36, 47), dtype=torch.bool))
+    with pytest.raises(ValueError, match="kspace must be"):
+        bart_scaling(k[0, 0])
 
 
 def test_lipschitz_bound_is_an_upper_bound():
