@@ -86,7 +86,7 @@ class PriorPicsSettings:
     cg_iterations: int = 5
     lam: float = 1e-4
     support: bool = True
-    views: bool = True
+    views: Literal["auto", "planes", "none"] = "auto"
     noise_std: float | None = None
     prior: Any = "complex"
     seed: int = 0
@@ -359,7 +359,9 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
                 mu_min=s.mu_min,
                 cg_iterations=s.cg_iterations,
                 support=support,
-                views=view_cycle(volume=p.volume is not None) if s.views else (),
+                views=()
+                if s.views == "none"
+                else view_cycle(s.views == "auto" and p.volume is not None),
                 volume_planes=p.volume,
                 plane_chunk=PLANES_PER_CHUNK,
             )
