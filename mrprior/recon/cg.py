@@ -71,8 +71,8 @@ def conjugate_gradient(
         ap = op(p)
         pap = _dot(p, ap, nd)
         alpha = torch.where(pap > 0, rr / torch.where(pap > 0, pap, 1), 0)
-        x = x + alpha * p
-        r = r - alpha * ap
+        x = x + alpha * p  # a new tensor: the callback may keep x
+        r.sub_(alpha * ap)
         rr_new = _dot(r, r, nd)
         done = bool(torch.all(rr_new <= thresh))
         if callback is not None and callback(it, x):
@@ -81,7 +81,7 @@ def conjugate_gradient(
             logger.debug("CG converged after %d iterations", it + 1)
             break
         beta = torch.where(rr > 0, rr_new / torch.where(rr > 0, rr, 1), 0)
-        p = r + beta * p
+        p.mul_(beta).add_(r)  # r + β p
         rr = rr_new
     return x
 
@@ -109,13 +109,12 @@ def normal_operator(A: LinearOperator) -> Callable[[torch.Tensor], torch.Tensor]
     mask = A.mask
 
     def gram(x: torch.Tensor) -> torch.Tensor:
-        # x [..., H, W] (leading sample / plane dims broadcast against per-plane maps)
-        t = torch.mul(maps, x.unsqueeze(-3))
-        torch.fft.fft2(t, norm="ortho", out=t)
+        # x [..., H, W] (leading sample / plane dims broadcast against per-plane maps); the
+        # FFTs return new tensors: with ``out=`` torch computes into a temporary and copies
+        t = torch.fft.fft2(maps * x.unsqueeze(-3), norm="ortho")
         if mask is not None:
             t.mul_(mask)
-        torch.fft.ifft2(t, norm="ortho", out=t)
-        t.mul_(maps_conj)
-        return t.sum(dim=-3)
+        t = torch.fft.ifft2(t, norm="ortho")
+        return t.mul_(maps_conj).sum(dim=-3)
 
     return gram
