@@ -138,10 +138,11 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        # SiLU in place on tensors made here (the normalized copies): no new buffer
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(F.silu(h))
+        h = self.conv2(F.silu(h, inplace=True))
         return self.skip(x) + h
 
 
@@ -208,7 +209,7 @@ class UNet(nn.Module):
                 h = blk(torch.cat([h, hs.pop()], dim=1), emb)
             if j < len(self.upsamplers):
                 h = self.upsamplers[j](h)  # ×2 nearest upsampling + 3×3 conv
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 
 class EDMDenoiser(nn.Module):
