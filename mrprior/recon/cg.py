@@ -107,7 +107,7 @@ def normal_operator(A: LinearOperator) -> Callable[[torch.Tensor], torch.Tensor]
     ix = torch.arange(w, device=dev)[None, :]
     checker = (1 - 2 * ((iy + ix) % 2)).to(torch.float32)
     maps = (A.csm * checker).to(torch.complex64)  # [(B,) C, H, W]
-    mask = A.mask
+    mask = None if A.mask is None else A.mask.expand(*A.mask.shape[:-2], h, w)
     # a mask that does not vary along the readout k_x (1D undersampling; fully sampled): the
     # k_x transforms cancel (F_x⁻¹ F_x = I, and the k_x half of C squares to 1), only k_y is
     # transformed — along the last axis of transposed maps, where the FFT is fastest

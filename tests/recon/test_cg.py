@@ -104,10 +104,10 @@ def test_zero_filled_needs_maps():
         zero_filled(prob)
 
 
-@pytest.mark.parametrize("kind", ["lines", "column", "full", "2d"])
+@pytest.mark.parametrize("kind", ["lines", "column", "full", "2d", "row", "ones_row"])
 def test_fast_normal_operator_any_mask(kind: str) -> None:
     """The fast ``AᴴA`` equals the operator's gram for 1D masks (``k_y`` transform only), a
-    mask given as one column, no mask and a 2D mask; one plane and a batch of planes."""
+    mask given as one column or one row, no mask and a 2D mask; one plane and a batch."""
     from mrprior.recon.planes import plane_operator
 
     prob, _ = synthetic_problem(n=32)
@@ -118,11 +118,13 @@ def test_fast_normal_operator_any_mask(kind: str) -> None:
         "column": lines[:, None],
         "full": None,
         "2d": prob.mask,
+        "row": lines,  # [W]: varies along k_x
+        "ones_row": torch.ones(32, dtype=torch.bool),
     }
     A = sense_operator(prob.csm, masks[kind])
     x = torch.randn(3, 32, 32, dtype=torch.complex64, generator=g)  # leading sample dim
     torch.testing.assert_close(normal_operator(A)(x), A.gram.forward(x), rtol=1e-5, atol=1e-5)
-    if masks[kind] is None or kind == "column":
+    if kind not in ("lines", "2d"):
         return
     # planes: per-plane maps and masks [B, C, H, W] / [B, H, W]
     csm = torch.stack([prob.csm, prob.csm.flip(-1)])
