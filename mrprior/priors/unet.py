@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EDMDenoiser", "UNet", "UNetConfig"]
+__all__ = ["EDMDenoiser", "NearestUpConv", "UNet", "UNetConfig", "nearest_upsample_weight"]
 
 
 @dataclass
@@ -86,6 +86,43 @@ class FourierEmbedding(nn.Module):
         return torch.cat([arg.cos(), arg.sin()], dim=1)
 
 
+def nearest_upsample_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The transposed-convolution kernel of a 3×3 convolution after ×2 nearest upsampling.
+
+    ``conv3×3(up2(x), w)`` (padding 1) equals ``conv_transpose(x, k, stride 2, padding 1)``
+    with the 4×4 kernel whose taps along each axis are ``(w₂, w₁ + w₂, w₀ + w₁, w₀)``: each
+    output pixel of a phase sees only a 2×2 neighbourhood of the low-resolution input, so this
+    costs 16/36 of the multiplications of convolving the upsampled image.
+
+    Parameters
+    ----------
+    weight : ``[C_out, C_in, 3, 3]`` convolution weight.
+
+    Returns
+    -------
+    ``[C_in, C_out, 4, 4]`` weight for :func:`torch.nn.functional.conv_transpose2d`.
+    """
+
+    def taps(w: torch.Tensor, dim: int) -> torch.Tensor:
+        w0, w1, w2 = w.unbind(dim)
+        return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
+
+    return taps(taps(weight, 2), 3).transpose(0, 1)
+
+
+class NearestUpConv(nn.Conv2d):
+    """×2 nearest-neighbour upsampling followed by a 3×3 convolution (padding 1), computed as
+    one stride-2 transposed convolution (:func:`nearest_upsample_weight`, 2.25× fewer
+    multiplications). Parameters and ``state_dict`` are those of the ``nn.Conv2d``."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = nearest_upsample_weight(self.weight)
+        return F.conv_transpose2d(x, k, self.bias, stride=2, padding=1)
+
+
 class ResBlock(nn.Module):
     """GroupNorm → SiLU → conv → (scale, shift from the embedding) → GroupNorm → SiLU → conv."""
 
@@ -101,10 +138,11 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        # SiLU in place on tensors made here (the normalized copies): no new buffer
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(F.silu(h))
+        h = self.conv2(F.silu(h, inplace=True))
         return self.skip(x) + h
 
 
@@ -147,7 +185,7 @@ class UNet(nn.Module):
                 cur = c
             self.up_blocks.append(blocks)
             if i > 0:
-                self.upsamplers.append(nn.Conv2d(cur, cur, 3, padding=1))
+                self.upsamplers.append(NearestUpConv(cur, cur))
         self.norm_out = _norm(cur, g)
         self.conv_out = nn.Conv2d(cur, cfg.in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
@@ -170,9 +208,8 @@ class UNet(nn.Module):
             for blk in blocks:
                 h = blk(torch.cat([h, hs.pop()], dim=1), emb)
             if j < len(self.upsamplers):
-                h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-                h = self.upsamplers[j](h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+                h = self.upsamplers[j](h)  # ×2 nearest upsampling + 3×3 conv
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 
 class EDMDenoiser(nn.Module):

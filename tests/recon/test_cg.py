@@ -102,3 +102,50 @@ def test_zero_filled_needs_maps():
     prob.csm = None
     with pytest.raises(ValueError, match="coil maps"):
         zero_filled(prob)
+
+
+@pytest.mark.parametrize("kind", ["lines", "column", "full", "2d", "row", "ones_row"])
+def test_fast_normal_operator_any_mask(kind: str) -> None:
+    """The fast ``AᴴA`` equals the operator's gram for 1D masks (``k_y`` transform only), a
+    mask given as one column or one row, no mask and a 2D mask; one plane and a batch."""
+    from mrprior.recon.planes import plane_operator
+
+    prob, _ = synthetic_problem(n=32)
+    g = torch.Generator().manual_seed(5)
+    lines = torch.rand(32, generator=g) < 0.4
+    masks = {
+        "lines": lines[:, None].expand(32, 32),
+        "column": lines[:, None],
+        "full": None,
+        "2d": prob.mask,
+        "row": lines,  # [W]: varies along k_x
+        "ones_row": torch.ones(32, dtype=torch.bool),
+    }
+    A = sense_operator(prob.csm, masks[kind])
+    x = torch.randn(3, 32, 32, dtype=torch.complex64, generator=g)  # leading sample dim
+    torch.testing.assert_close(normal_operator(A)(x), A.gram.forward(x), rtol=1e-5, atol=1e-5)
+    if kind not in ("lines", "2d"):
+        return
+    # planes: per-plane maps and masks [B, C, H, W] / [B, H, W]
+    csm = torch.stack([prob.csm, prob.csm.flip(-1)])
+    mask = torch.stack([masks[kind], masks[kind].flip(-2)])
+    P = plane_operator(csm, mask)
+    xb = x[:2]
+    torch.testing.assert_close(normal_operator(P)(xb), P.gram.forward(xb), rtol=1e-5, atol=1e-5)
+
+
+def test_cg_keeps_inputs_and_iterates() -> None:
+    """The solver updates its own residual and direction in place, never ``rhs``, ``x0`` or an
+    iterate handed to the callback."""
+    prob, _ = synthetic_problem(n=32)
+    A = sense_operator(prob.csm, prob.mask)
+    rhs = A.adjoint(prob.kspace)
+    x0 = torch.zeros_like(rhs) + 0.1
+    rhs_c, x0_c = rhs.clone(), x0.clone()
+    iterates: list[torch.Tensor] = []
+    conjugate_gradient(
+        normal_operator(A), rhs, x0=x0, max_iterations=4, callback=lambda i, x: iterates.append(x)
+    )
+    assert torch.equal(rhs, rhs_c) and torch.equal(x0, x0_c)
+    assert len(iterates) == 4
+    assert all(not torch.equal(a, b) for a, b in itertools.pairwise(iterates))

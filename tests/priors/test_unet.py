@@ -1,0 +1,56 @@
+"""U-Net building blocks: the fast upsampling convolution equals the reference it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mrprior.priors.unet import NearestUpConv
+
+
+def reference_up_conv(conv: NearestUpConv, x: torch.Tensor) -> torch.Tensor:
+    """×2 nearest upsampling, then the 3×3 convolution (padding 1): the definition."""
+    up = F.interpolate(x, scale_factor=2.0, mode="nearest")
+    return F.conv2d(up, conv.weight, conv.bias, padding=1)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 8, 8), (1, 3, 7, 12), (3, 4, 1, 5)])
+def test_nearest_up_conv_equals_upsample_then_conv(shape: tuple[int, int, int, int]) -> None:
+    torch.manual_seed(0)
+    b, c, h, w = shape
+    conv = NearestUpConv(c, 6)
+    x = torch.randn(shape)
+    out = conv(x)
+    assert out.shape == (b, 6, 2 * h, 2 * w)
+    torch.testing.assert_close(out, reference_up_conv(conv, x), rtol=1e-5, atol=1e-5)
+    # the same in channels-last, as the prior runs it
+    xc = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(conv(xc), reference_up_conv(conv, x), rtol=1e-5, atol=1e-5)
+
+
+def test_nearest_up_conv_gradients_match() -> None:
+    """Training differentiates through the weight transform: the same gradients."""
+    torch.manual_seed(1)
+    conv = NearestUpConv(4, 3)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    g = torch.randn(2, 3, 12, 12)
+    grads = []
+    for fn in (conv, lambda t: reference_up_conv(conv, t)):
+        conv.zero_grad()
+        x.grad = None
+        (fn(x) * g).sum().backward()
+        grads.append((x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()))
+    for a, r in zip(*grads, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+def test_nearest_up_conv_keeps_conv_state_dict() -> None:
+    """Shipped weights (``upsamplers.N.weight`` 3×3, ``.bias``) load unchanged."""
+    conv = NearestUpConv(4, 3)
+    sd = conv.state_dict()
+    assert set(sd) == {"weight", "bias"} and tuple(sd["weight"].shape) == (3, 4, 3, 3)
+    plain = torch.nn.Conv2d(4, 3, 3, padding=1)
+    conv.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 4, 5, 5)
+    torch.testing.assert_close(conv(x), plain(F.interpolate(x, scale_factor=2.0)))
