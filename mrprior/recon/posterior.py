@@ -49,6 +49,7 @@ from mrprior.recon.langevin import PosteriorSamples, Welford
 from mrprior.recon.planes import plane_generators, randn_planes
 from mrprior.recon.pnp import hqs_step, pnp_hqs, regularized_normal
 from mrprior.recon.prior_pics import max_scale, sigma_schedule
+from mrprior.recon.views import View
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def hqs_posterior(
     support: torch.Tensor | None = None,
     seed: int | None = 0,
     keep_samples: bool = False,
+    views: Sequence[View] = (),
 ) -> PosteriorSamples:
     """Posterior samples by stochastic HQS restarts (module docstring).
 
@@ -108,6 +110,8 @@ def hqs_posterior(
     seed : seeds one generator per plane (:func:`~mrprior.recon.planes.plane_generators`), so a
         plane draws the same samples alone or in a batch.
     keep_samples : also return the samples ``[N, (B,) H, W]``.
+    views : in-plane :class:`~mrprior.recon.views.View` s cycled over the levels, as
+        :func:`~mrprior.recon.pnp.pnp_hqs` (level ``k`` of the ladder denoises in view ``k``).
 
     Returns
     -------
@@ -115,6 +119,8 @@ def hqs_posterior(
     the average of the last level's conditional means), ``std`` (``√(1 + 1/N)`` × the sample
     std: the std of the mean's error) and optionally the samples.
     """
+    if any(v.resliced for v in views):
+        raise ValueError("hqs_posterior takes in-plane views only")
     if num_samples < 1 or steps < 1 or not 0 <= branch < steps:
         raise ValueError(f"need num_samples >= 1 and 0 <= branch < steps: {num_samples=}, "
                          f"{steps=}, {branch=}")  # fmt: skip
@@ -138,7 +144,7 @@ def hqs_posterior(
         shared = pnp_hqs(
             op, yb, prior, noise_std=sn, sigma=(sigmas[0], sigmas[branch - 1]),
             max_iterations=branch, kappa=kappa, mu_min=mu_min, cg_iterations=cg_iterations,
-            scale=c, x0=x_cg, support=sup,
+            scale=c, x0=x_cg, support=sup, views=views,
         )  # fmt: skip
     gens = plane_generators(yb, 0 if seed is None else seed)
     planes, h, w = x_cg.shape
@@ -166,7 +172,7 @@ def hqs_posterior(
             last = k + 1 == steps
             res = hqs_step(
                 op, rhs0, prior, x, sigmas[k], perturbation=perturbation if last else None,
-                **step_kw,
+                view=views[k % len(views)] if views else None, **step_kw,
             )  # fmt: skip
             x = res.x
         # the last level's conditional mean (same system, unperturbed right-hand side)

@@ -121,6 +121,7 @@ class PriorSampleSettings:
     support: bool = True
     noise_std: float | None = None
     uncertainty_scale: float | None = None
+    views: Literal["planes", "none"] = "planes"
     prior: Any = "complex"
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -440,6 +441,7 @@ def prior_sample_method(problem: ReconProblem, settings: dict[str, Any]) -> Reco
                 scale=c,
                 support=support,
                 seed=s.seed,
+                views=view_cycle() if s.views == "planes" else (),
             )
             nfe = s.steps
         else:
