@@ -103,8 +103,9 @@ def pnp_hqs(
     support : bool ``[H, W]``; the image is set to zero outside (ESPIRiT support).
     views : :class:`~mrprior.recon.views.View` s cycled over the levels (level ``k`` denoises in
         ``views[k % len(views)]``); empty: the planes as they are. With a resliced view the
-        batch must be a whole 3D volume (see ``volume_planes``) and the default ``scale`` is one
-        value for all planes (the largest).
+        batch must be a whole 3D volume (see ``volume_planes``); each plane keeps its own scale
+        (one scale for the volume measured worse off the brain, see
+        :mod:`mrprior.recon.views`).
     volume_planes : bool ``[B]``: which planes of the whole volume the batch holds (resliced
         views); default all.
     plane_chunk : for a batch of planes without leading sample dims, solve the data
@@ -134,12 +135,7 @@ def pnp_hqs(
     )
     if support is not None:
         x_cg = x_cg * support
-    if scale is not None:
-        c = torch.as_tensor(scale, device=y.device)
-    elif any(v.resliced for v in views):  # resliced views mix planes: one scale for them all
-        c = max_scale(x_cg).amax()
-    else:
-        c = max_scale(x_cg)
+    c = max_scale(x_cg) if scale is None else torch.as_tensor(scale, device=y.device)
     x = x_cg if x0 is None else x0.clone()
     if support is not None:
         x = x * support

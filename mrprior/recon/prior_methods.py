@@ -335,8 +335,8 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
     published FISTA with a prior gradient step (``solver: fista``). All planes of a batch go
     through the network together; each plane is scaled to ``max|x| = 1`` on its own. With
     ``views`` (HQS) the denoiser sees the planes flipped/transposed in turn, and a whole 3D
-    volume (``problem.volume``) also resliced along its other two axes, with one scale for
-    the volume (:mod:`mrprior.recon.views`); the data consistency runs
+    volume (``problem.volume``) also resliced along its other two axes
+    (:mod:`mrprior.recon.views`); the data consistency runs
     :data:`~mrprior.recon.planes.PLANES_PER_CHUNK` planes at a time."""
     s = parse_settings("prior-pics", settings)
     t0 = time.perf_counter()

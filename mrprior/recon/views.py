@@ -11,8 +11,10 @@ meant to be equivariant to these views, so each one is a valid denoiser.
 For a whole volume of planes ``[B, H, W]`` (one ``(kz, ky)`` plane per readout position) the
 resliced views ``axis = 1, 2`` show the denoiser the two perpendicular orientations, so the prior
 also acts across the readout, which independent 2D planes never see: the 2D prior regularizes in
-3D. Those views need every plane of the volume (not a subset of planes) and one intensity scale
-shared by all planes.
+3D. Those views need every plane of the volume (not a subset of planes). Each plane keeps its
+own intensity scale (``max|x| = 1`` per plane, as the data-consistency weight assumes): one scale
+for the whole volume helped brains a little more but cost 0.3–0.7 dB on an abdominal training
+volume (``benchmarks/sweep_prior_ladder.py --volume-shape``, benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def test_denoise_in_view_embeds_a_subset_of_planes() -> None:
 
 def test_pnp_hqs_with_views_stays_consistent_with_the_data() -> None:
     """With the identity-like views of an equivariant denoiser the ladder still fits the data;
-    a resliced view on a batch gets one shared scale (the run must not fail on shape)."""
+    resliced views of a batch run (shapes) and keep the data fitted."""
     g = torch.Generator().manual_seed(1)
     b, c, n = 3, 4, 16
     csm = torch.complex(torch.randn(b, c, n, n, generator=g), torch.randn(b, c, n, n, generator=g))
