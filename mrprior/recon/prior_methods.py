@@ -86,7 +86,7 @@ class PriorPicsSettings:
     cg_iterations: int = 5
     lam: float = 1e-4
     support: bool = True
-    views: Literal["auto", "planes", "none"] = "auto"
+    views: Literal["planes", "volume", "none"] = "planes"
     noise_std: float | None = None
     prior: Any = "complex"
     seed: int = 0
@@ -334,9 +334,9 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
     """Linear prior-regularized SENSE reconstruction: plug-and-play HQS (default) or the
     published FISTA with a prior gradient step (``solver: fista``). All planes of a batch go
     through the network together; each plane is scaled to ``max|x| = 1`` on its own. With
-    ``views`` (HQS) the denoiser sees the planes flipped/transposed in turn, and a whole 3D
-    volume (``problem.volume``) also resliced along its other two axes
-    (:mod:`mrprior.recon.views`); the data consistency runs
+    ``views`` (HQS) the denoiser sees the planes flipped/transposed in turn (``planes``), and
+    with ``views: volume`` a whole 3D volume (``problem.volume``) also resliced along its other
+    two axes (:mod:`mrprior.recon.views`); the data consistency runs
     :data:`~mrprior.recon.planes.PLANES_PER_CHUNK` planes at a time."""
     s = parse_settings("prior-pics", settings)
     t0 = time.perf_counter()
@@ -362,7 +362,7 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
                 support=support,
                 views=()
                 if s.views == "none"
-                else view_cycle(s.views == "auto" and p.volume is not None),
+                else view_cycle(s.views == "volume" and p.volume is not None),
                 volume_planes=p.volume,
                 plane_chunk=PLANES_PER_CHUNK,
             )

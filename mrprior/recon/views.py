@@ -14,7 +14,10 @@ also acts across the readout, which independent 2D planes never see: the 2D prio
 3D. Those views need every plane of the volume (not a subset of planes). Each plane keeps its
 own intensity scale (``max|x| = 1`` per plane, as the data-consistency weight assumes): one scale
 for the whole volume helped brains a little more but cost 0.3–0.7 dB on an abdominal training
-volume (``benchmarks/sweep_prior_ladder.py --volume-shape``, benchmarks/RESULTS.md).
+volume. The resliced views are opt-in (``prior-pics`` setting ``views: volume``): they gained
+0.1–0.9 dB on training heads but lost 0.1–0.4 dB on an abdominal training volume and 0.4–0.9 dB
+on one held-out brain (a thick-slice proton-density series) of the volume suite
+(benchmarks/RESULTS.md, "Views").
 """
 
 from __future__ import annotations

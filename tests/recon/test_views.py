@@ -17,6 +17,9 @@ class _RowSmoother(ScorePrior):
 
     size_multiple = 1
 
+    def to(self, device: torch.device | str) -> _RowSmoother:
+        return self
+
     def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         return 0.5 * (x + torch.roll(x, -1, dims=-1))
 
@@ -127,3 +130,28 @@ def test_problem_select_follows_the_volume() -> None:
     assert p.select(slice(0, 2)).volume is None
     with pytest.raises(ValueError, match="one True per plane"):
         ReconProblem(k, torch.ones(n, n, dtype=torch.bool), volume=torch.ones(3, dtype=torch.bool))
+
+
+def test_prior_pics_views_setting() -> None:
+    """``views: volume`` reslices only a whole volume (``problem.volume``); on planes that are
+    not known to be a volume it is the in-plane cycle; ``none`` differs from both."""
+    from mrprior.recon.problem import ReconProblem, get_method
+
+    g = torch.Generator().manual_seed(3)
+    b, c, n = 4, 3, 16
+    csm = torch.complex(torch.randn(b, c, n, n, generator=g), torch.randn(b, c, n, n, generator=g))
+    csm = csm / (csm.abs() ** 2).sum(1, keepdim=True).sqrt()
+    mask = torch.rand(n, n, generator=g) < 0.5
+    y = plane_operator(csm, mask).forward(_volume(b, n, n))
+    run = get_method("prior-pics")
+    base = {"prior": _RowSmoother(), "iterations": 4, "noise_std": 0.01}
+
+    def recon(views: str, volume: bool) -> torch.Tensor:
+        vol = torch.ones(b, dtype=torch.bool) if volume else None
+        problem = ReconProblem(y, mask, csm, 0.01, volume=vol)
+        return run(problem, {**base, "views": views}).image
+
+    planes = recon("planes", True)
+    assert torch.equal(recon("volume", False), planes)
+    assert not torch.allclose(recon("volume", True), planes)
+    assert not torch.allclose(recon("none", True), planes)
