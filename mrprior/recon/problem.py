@@ -125,31 +125,28 @@ class ReconProblem:
         """The planes ``planes`` (a slice: views; a bool ``[B]`` mask: copies) of a batch.
         ``volume`` follows a mask (the planes left out join the empty ones); a slice of a
         volume is no longer the whole volume (``volume`` None)."""
-        p = self.as_batch()
         volume = None
-        if isinstance(planes, torch.Tensor) and p.volume is not None:
-            volume = p.volume.clone()
-            volume[p.volume] = planes.to(volume.device)
-        return ReconProblem(
-            p.kspace[planes],
-            p.mask[planes],
-            None if p.csm is None else p.csm[planes],
-            p.noise_std,
-            None if p.calib is None else p.calib[planes],
-            p.data_scale,
-            volume,
-        )
+        if isinstance(planes, torch.Tensor) and self.volume is not None:
+            volume = self.volume.clone()
+            volume[self.volume] = planes.to(volume.device)
+        return self._index(planes, volume)
 
     def plane(self, i: int) -> ReconProblem:
         """Plane ``i`` of a batch as an unbatched problem."""
+        return self._index(i, None)
+
+    def _index(
+        self, index: int | slice | torch.Tensor, volume: torch.Tensor | None
+    ) -> ReconProblem:
         p = self.as_batch()
         return ReconProblem(
-            p.kspace[i],
-            p.mask[i],
-            None if p.csm is None else p.csm[i],
+            p.kspace[index],
+            p.mask[index],
+            None if p.csm is None else p.csm[index],
             p.noise_std,
-            None if p.calib is None else p.calib[i],
+            None if p.calib is None else p.calib[index],
             p.data_scale,
+            volume,
         )
 
 
