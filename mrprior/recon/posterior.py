@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 #: deterministic levels, and the scan's own noise that no recon recovers, are absent from the
 #: sample spread. The spread gives the map's shape (where the data leave the image open); this
 #: factor gives its scale.
-HQS_UNCERTAINTY_SCALE: float = 4.5
+HQS_UNCERTAINTY_SCALE: float = 5.0
 
 
 def hqs_posterior(
@@ -74,10 +74,10 @@ def hqs_posterior(
     noise_std: float | torch.Tensor,
     num_samples: int = 4,
     batch_size: int | None = None,
-    steps: int = 16,
-    branch: int = 12,
+    steps: int = 20,
+    branch: int = 16,
     sigma: Sequence[float] = (0.1, 0.005),
-    kappa: float = 0.35,
+    kappa: float = 0.5,
     mu_min: float = 1e-4,
     cg_iterations: int = 5,
     scale: torch.Tensor | None = None,

@@ -107,9 +107,9 @@ class PriorSampleSettings:
     sampler: Literal["hqs", "langevin"] = "hqs"
     num_samples: int = 4
     batch_size: int | None = None
-    steps: int = 16
-    branch: int = 12
-    kappa: float = 0.35
+    steps: int = 20
+    branch: int = 16
+    kappa: float = 0.5
     mu_min: float = 1e-4
     cg_iterations: int = 5
     levels: int = 60
