@@ -52,13 +52,10 @@ class PlaneSenseOperator(SenseOperator):
 
     def select(self, planes: slice) -> PlaneSenseOperator:
         """The operator of planes ``planes`` (views of the maps and masks, no copies)."""
-        op = PlaneSenseOperator.__new__(PlaneSenseOperator)
-        LinearOperator.__init__(op, self.ishape, self.oshape, name="PlaneSense")
-        op.csm, op.ndim = self.csm[planes], 2
-        op.mask = None
-        if self.mask is not None:
-            op.mask = self.mask if self.mask.shape[0] == 1 else self.mask[planes]
-        return op
+        mask = self.mask  # stored [B or 1, 1, H, W]
+        if mask is not None:
+            mask = mask[0, 0] if mask.shape[0] == 1 else mask[planes, 0]
+        return PlaneSenseOperator(self.csm[planes], mask)
 
 
 def plane_operator(csm: torch.Tensor, mask: torch.Tensor) -> SenseOperator:
