@@ -31,11 +31,8 @@ from mrprior.evaluation import eval_volume_array
 from mrprior.evaluation_3d import (
     VOLUME_SAMPLINGS,
     VolumeCase,
-    check_volume_shape,
-    resample_volume,
+    scan_cases,
     score_volume,
-    simulate_volume,
-    volume_calib,
     volume_zyx,
 )
 from mrprior.metrics import psnr
@@ -54,14 +51,12 @@ def parse_variants(text: str) -> list[dict]:
 
 def training_volume_cases(sources: str, shape: str, work: str) -> Iterator[VolumeCase]:
     """The training volumes (comma-separated names of :data:`TRAINING`) at ``shape``
-    (``ZxYxX``) with every ky–kz sampling of the volume suite."""
-    zyx = check_volume_shape([int(v) for v in shape.split("x")])
-    calib = volume_calib(zyx[:2])
+    (``ZxYxX``) with every ky–kz sampling of the volume suite (SNR 30, seed 0)."""
+    zyx = [int(v) for v in shape.split("x")]
     for key in sources.split(","):
         ev = TRAINING[key]
-        vol = resample_volume(volume_zyx(*eval_volume_array(ev)), zyx)
-        masks = {k: s.make(zyx[:2], 0, calib) for k, s in VOLUME_SAMPLINGS.items()}
-        yield from simulate_volume(vol, masks, work, ev.coils, 30.0, 0, calib, key, ev.anatomy)
+        scan = volume_zyx(*eval_volume_array(ev))
+        yield from scan_cases(scan, ev, key, zyx, list(VOLUME_SAMPLINGS), work, 30.0, 0)
 
 
 def run_volumes(args: argparse.Namespace, variants: list[dict]) -> list[list[float]]:

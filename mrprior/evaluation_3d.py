@@ -42,7 +42,7 @@ from mrprior.evaluation import CG_SENSE_SETTINGS, METHODS, PRIOR_METHODS, prior_
 from mrprior.mr.sampling import SamplingMask, poisson_disc, uniform_2d
 
 if TYPE_CHECKING:
-    from mrprior.evaluation import BenchConfig, Row
+    from mrprior.evaluation import BenchConfig, EvalVolume, Row
     from mrprior.io.containers import KSpace
 
 logger = logging.getLogger(__name__)
@@ -451,21 +451,35 @@ def _run_method(name: str, case: VolumeCase, cfg: BenchConfig, work: Path) -> _R
     raise ConfigError(f"method {name!r} not available in the volume suite")
 
 
+def scan_cases(
+    zyx: np.ndarray,
+    source: EvalVolume,
+    name: str,
+    shape: Sequence[int],
+    samplings: Sequence[str],
+    work: str | Path,
+    snr: float,
+    seed: int,
+) -> list[VolumeCase]:
+    """One scan ``zyx`` (:func:`volume_zyx`) of ``source`` resampled to ``shape`` and simulated
+    with each of the ky–kz ``samplings`` (names of :data:`VOLUME_SAMPLINGS`), one case each."""
+    zyx_shape = check_volume_shape(shape)
+    calib = volume_calib(zyx_shape[:2])
+    vol = resample_volume(zyx, zyx_shape)
+    masks = {s: VOLUME_SAMPLINGS[s].make(zyx_shape[:2], seed, calib) for s in samplings}
+    return simulate_volume(vol, masks, work, source.coils, snr, seed, calib, name, source.anatomy)
+
+
 def volume_cases(cfg: BenchConfig, work: Path) -> list[VolumeCase]:
     """Simulate every configured held-out volume at ``cfg.volume_shape`` with every sampling,
     cases ordered sampling by sampling."""
     from mrprior.evaluation import EVAL_VOLUMES
 
-    shape = check_volume_shape(cfg.volume_shape)
-    calib = volume_calib(shape[:2])
     by_volume = []
     for key in cfg.volumes:
-        ev = EVAL_VOLUMES[key]
-        vol = resample_volume(eval_volume_zyx(key), shape)
-        masks = {s: VOLUME_SAMPLINGS[s].make(shape[:2], cfg.seed, calib) for s in cfg.samplings}
-        by_volume.append(
-            simulate_volume(vol, masks, work, ev.coils, cfg.snr, cfg.seed, calib, key, ev.anatomy)
-        )
+        scan, source = eval_volume_zyx(key), EVAL_VOLUMES[key]
+        shape, samplings = cfg.volume_shape, cfg.samplings
+        by_volume.append(scan_cases(scan, source, key, shape, samplings, work, cfg.snr, cfg.seed))
     return [c for i in range(len(cfg.samplings)) for c in (v[i] for v in by_volume)]
 
 
