@@ -45,7 +45,7 @@ from mrprior.backend import get_xp, resolve_device, to_numpy, to_torch
 from mrprior.cancellation import check_cancelled
 from mrprior.config import apply_overrides, from_dict, load_yaml
 from mrprior.errors import ConfigError, DataError, MRPriorError
-from mrprior.io.containers import ImageSeries, KSpace
+from mrprior.io.containers import EncodedCentre, ImageSeries, KSpace
 from mrprior.io.images import write_images
 from mrprior.io.raw import AcquisitionBuffer, iter_kspace, read_header
 from mrprior.mr.fft import fftc, ifftc
@@ -94,12 +94,20 @@ EXTRA_SERIES = ("phase", "uncertainty")
 # --------------------------------------------------------------------------------------------
 @dataclass
 class CoilMapConfig:
-    """ESPIRiT settings (see :func:`mrprior.mr.espirit.espirit_maps`)."""
+    """ESPIRiT settings (see :func:`mrprior.mr.espirit.espirit_maps`).
+
+    ``encoded_fov``: with readout oversampling, calibrate from the k-space centre at the encoded
+    readout (kept before the oversampling is removed) and compute the maps over the encoded
+    field of view, cropped to the recon one — an object that fills the recon field of view
+    along the readout (abdomen, spine, a 3D slab's planes) otherwise wraps around in the maps
+    (their two readout ends meet on the recon grid).
+    """
 
     calib_size: int = 24
     kernel_size: int = 6
     threshold: float = 0.001
     crop: float = 0.8
+    encoded_fov: bool = True
 
     def validate(self) -> None:
         if self.calib_size < 4:
@@ -345,6 +353,11 @@ def preprocess(kspace: KSpace, cfg: ReconConfig) -> KSpace:
 
     xp = ks.xp
     w_xp = None if w is None else xp.asarray(w)
+    centre = ks.encoded_centre
+    if crop and centre is None and cfg.coil_maps.encoded_fov:
+        centre = encoded_centre(ks, cfg.coil_maps.calib_size)
+    if centre is not None and w_xp is not None:
+        centre = centre.replace(prewhiten(centre.data, w_xp).astype(np.complex64, copy=False))
 
     def run(chunk: Any) -> Any:
         if w_xp is not None:
@@ -360,7 +373,7 @@ def preprocess(kspace: KSpace, cfg: ReconConfig) -> KSpace:
             out[:, z0 : z0 + PREPROCESS_CHUNK] = run(ks.data[:, z0 : z0 + PREPROCESS_CHUNK])
     else:
         out = run(ks.data)
-    changes: dict[str, Any] = {"data": out}
+    changes: dict[str, Any] = {"data": out, "encoded_centre": centre}
     if w is not None:
         changes["prewhitened"] = True
     if crop:
@@ -372,14 +385,32 @@ def preprocess(kspace: KSpace, cfg: ReconConfig) -> KSpace:
     return ks.replace(**changes)
 
 
+def encoded_centre(ks: KSpace, size: int) -> EncodedCentre:
+    """The central ``size`` lines (and partitions) of ``ks``'s k-space at its own (encoded)
+    readout, as the buffer keeps them when it removes the oversampling line by line; the box
+    also covers every flagged calibration line about the centre."""
+    spatial = ks.data.shape[1:-1]
+    calib = to_numpy(ks.calib).any(axis=-1)
+    start, index = [], []
+    for a, n in enumerate(spatial):
+        rows = np.flatnonzero(calib.any(axis=tuple(b for b in range(len(spatial)) if b != a)))
+        reach = int(np.max(np.abs(rows - n // 2))) if rows.size else 0
+        c = min(n, max(size, 2 * reach + 1))
+        start.append(n // 2 - c // 2)
+        index.append(slice(n // 2 - c // 2, n // 2 - c // 2 + c))
+    return EncodedCentre(ks.data[(slice(None), *index)].copy(), tuple(start))
+
+
 @dataclass(frozen=True)
 class ReadoutCrop:
     """Readout-oversampling removal of one line at a time (a
     :class:`~mrprior.io.raw.ReadoutReducer`): the same
     :func:`~mrprior.mr.oversampling.remove_readout_oversampling` and mask resampling that
-    :func:`preprocess` applies to a whole group."""
+    :func:`preprocess` applies to a whole group. ``keep_centre`` lines (and partitions) about
+    the k-space centre are also kept at the encoded readout (for the coil maps)."""
 
     size: int
+    keep_centre: int = 0
 
     def __call__(self, line: np.ndarray) -> np.ndarray:
         from mrprior.mr.oversampling import remove_readout_oversampling
@@ -400,7 +431,7 @@ def readout_reducer(header: Any, cfg: ReconConfig) -> ReadoutCrop | None:
     nx_enc, nx = enc.encoded_matrix[0], enc.recon_matrix[0]
     if not cfg.remove_oversampling or nx_enc <= nx:
         return None
-    return ReadoutCrop(nx)
+    return ReadoutCrop(nx, cfg.coil_maps.calib_size if cfg.coil_maps.encoded_fov else 0)
 
 
 def acquisition_buffer(header: Any, cfg: ReconConfig) -> AcquisitionBuffer:
@@ -480,6 +511,7 @@ def coil_maps(kspace: KSpace, cfg: ReconConfig, device: torch.device) -> Any:
     c = cfg.coil_maps
     # the buffer leaves unacquired positions zero: no masked copy of a 3D volume is needed
     data = ks.data if ks.is_3d else ks.data * sampled[None]
+    centre = ks.encoded_centre if c.encoded_fov else None
     maps = espirit_maps(
         data,
         calib=c.calib_size,
@@ -487,6 +519,8 @@ def coil_maps(kspace: KSpace, cfg: ReconConfig, device: torch.device) -> Any:
         threshold=c.threshold,
         crop=c.crop,
         mask=sampled,
+        encoded=None if centre is None else centre.data,
+        encoded_start=() if centre is None else centre.start,
     )
     if not bool(xp.any(maps)):
         raise DataError(

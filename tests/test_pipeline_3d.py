@@ -22,6 +22,7 @@ from mrprior.mr.fft import ifftc
 from mrprior.mr.sense import sense_operator
 from mrprior.pipeline import (
     acquisition_buffer,
+    coil_maps,
     images_from_series,
     load_recon_config,
     plane_geometry,
@@ -303,6 +304,16 @@ def test_buffer_removes_oversampling_line_by_line_like_preprocess(raw3d):
     np.testing.assert_array_equal(streamed[0].mask, whole.mask)
     np.testing.assert_array_equal(streamed[0].calib, whole.calib)
     assert preprocess(streamed[0], cfg) is streamed[0]  # nothing left to do
+    # the k-space centre kept at the encoded readout for the coil maps: the same either way
+    a, b = streamed[0].encoded_centre, whole.encoded_centre
+    assert a is not None and b is not None and a.start == b.start
+    assert a.data.shape[-1] == groups[0].data.shape[-1]
+    np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        coil_maps(streamed[0], cfg, torch.device("cpu")),
+        coil_maps(whole, cfg, torch.device("cpu")),
+        atol=1e-4,
+    )
 
 
 # -- ISMRMRD images, NIfTI -----------------------------------------------------------------
@@ -393,8 +404,12 @@ def test_sense_on_a_volume_with_3d_espirit_maps(calib3d):
     assert "csm" not in sense.extras  # volumes do not carry their maps along
     e_sense, e_zero = _nrmse(sense.image, truth), _nrmse(zero.image, truth)
     assert e_sense < 0.2 < e_zero, (e_sense, e_zero)
-    # readout positions outside the ESPIRiT support are not solved
-    assert sense.info["planes_solved"] < sense.info["planes"] == SHAPE[2]
+    # readout positions outside the ESPIRiT support are not solved (maps over the recon FOV
+    # have the tighter support: the default maps over the 2x encoded FOV are smoother there)
+    tight = _cfg("sense", kernel_size=5, planes_per_batch=6, **{"coil_maps.encoded_fov": False})
+    recon_fov = reconstruct(groups[0], tight)
+    assert recon_fov.info["planes_solved"] < recon_fov.info["planes"] == SHAPE[2]
+    assert _nrmse(sense.image, truth) <= _nrmse(recon_fov.image, truth) + 0.005
 
 
 def test_l1_on_a_volume_uses_one_bart_scale_for_all_planes(calib3d):
@@ -407,7 +422,9 @@ def test_l1_on_a_volume_uses_one_bart_scale_for_all_planes(calib3d):
     _, groups = read_raw(calib3d.path)
 
     def l1(**kw: object) -> object:  # the calibration box joins the data (BART sees it too)
-        return _cfg("l1", kernel_size=5, calib_as_data=True, **kw)
+        # maps over the recon FOV: their tight support leaves background planes out
+        tight = {"coil_maps.encoded_fov": False}
+        return _cfg("l1", kernel_size=5, calib_as_data=True, **tight, **kw)
 
     split = reconstruct(groups[0], l1(planes_per_batch=5, **{"settings.lam": 0.01}))
     whole = reconstruct(groups[0], l1(planes_per_batch=64, **{"settings.lam": 0.01}))
@@ -433,7 +450,8 @@ def test_l1_on_a_volume_uses_one_bart_scale_for_all_planes(calib3d):
 def test_coil_maps_zero_everywhere_is_a_clear_error(calib3d):
     _, groups = read_raw(calib3d.path)
     with pytest.raises(DataError, match="coil maps are zero everywhere"):
-        reconstruct(groups[0], _cfg("sense", calib_size=8, kernel_size=6))
+        cfg = _cfg("sense", calib_size=8, kernel_size=6, **{"coil_maps.encoded_fov": False})
+        reconstruct(groups[0], cfg)
 
 
 def test_slab_oversampling_is_cropped_around_the_slab_centre(full3d, tmp_path):

@@ -231,6 +231,35 @@ def _copy_header(head: ismrmrd.AcquisitionHeader) -> ismrmrd.AcquisitionHeader:
     return ismrmrd.AcquisitionHeader.from_buffer_copy(head)
 
 
+@dataclass(frozen=True)
+class EncodedCentre:
+    """The k-space centre of a group kept at the encoded (oversampled) readout, for coil maps
+    computed over the encoded field of view (:func:`mrprior.mr.espirit.espirit`'s
+    ``encoded``): an object that fills the recon field of view along the readout would
+    otherwise wrap around in the maps.
+
+    Attributes
+    ----------
+    data : complex64 ``[C, cy, kx_enc]`` (2D) or ``[C, cz, cy, kx_enc]`` (3D), numpy or cupy:
+        the group's lines (imaging and calibration) in the box, zero where none was acquired.
+    start : ``(y0,)`` or ``(z0, y0)``: the box's first line / partition in the group's grid.
+    """
+
+    data: Any
+    start: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.data.ndim not in (3, 4) or len(self.start) != self.data.ndim - 2:
+            raise ValueError(
+                f"encoded centre must be [C, (cz,) cy, kx] with one start per phase axis: "
+                f"{self.data.shape=}, {self.start=}"
+            )
+
+    def replace(self, data: Any) -> EncodedCentre:
+        """The same box with other data (e.g. prewhitened or on another device)."""
+        return EncodedCentre(data, self.start)
+
+
 @dataclass
 class KSpace:
     """The k-space of one group of acquisitions (one slice / contrast / phase / repetition /
@@ -252,6 +281,8 @@ class KSpace:
     noise_dwell_us : dwell time of the noise samples in µs (None if unknown).
     dwell_us : dwell time of the imaging samples in µs.
     prewhitened, oversampling_removed : processing state (set by the pipeline's preprocessing).
+    encoded_centre : the k-space centre at the encoded readout when the readout oversampling
+        was removed (:class:`EncodedCentre`, prewhitened with ``data``), or None.
     """
 
     data: Any
@@ -265,6 +296,7 @@ class KSpace:
     dwell_us: float = 0.0
     prewhitened: bool = False
     oversampling_removed: bool = False
+    encoded_centre: EncodedCentre | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim not in (3, 4):
@@ -275,6 +307,13 @@ class KSpace:
             raise ValueError(f"{self.calib.shape=} != {self.mask.shape=}")
         if self.noise is not None and (self.noise.ndim != 2 or self.noise.shape[0] != self.coils):
             raise ValueError(f"noise must be [C, N] with C={self.coils}: {self.noise.shape=}")
+        centre = self.encoded_centre
+        if centre is not None and (
+            centre.data.ndim != self.data.ndim or centre.data.shape[0] != self.coils
+        ):
+            raise ValueError(
+                f"encoded centre {centre.data.shape} does not fit data {self.data.shape}"
+            )
 
     @property
     def coils(self) -> int:
@@ -310,12 +349,13 @@ class KSpace:
         xp = xp_for_device(device)
         if xp is get_xp(self.data):
             return self
-        if xp is np:
-            return self.replace(
-                data=to_numpy(self.data), mask=to_numpy(self.mask), calib=to_numpy(self.calib)
-            )
+        move = to_numpy if xp is np else xp.asarray
+        centre = self.encoded_centre
         return self.replace(
-            data=xp.asarray(self.data), mask=xp.asarray(self.mask), calib=xp.asarray(self.calib)
+            data=move(self.data),
+            mask=move(self.mask),
+            calib=move(self.calib),
+            encoded_centre=None if centre is None else centre.replace(move(centre.data)),
         )
 
     def to_torch(

@@ -53,7 +53,7 @@ import ismrmrd.xsd
 import numpy as np
 
 from mrprior.errors import DataError, HeaderError
-from mrprior.io.containers import EncodingInfo, Indices, KSpace
+from mrprior.io.containers import EncodedCentre, EncodingInfo, Indices, KSpace
 from mrprior.io.twix import is_twix, iter_twix_acquisitions, read_twix_header, twix_recon_header
 
 logger = logging.getLogger(__name__)
@@ -111,9 +111,12 @@ def parse_header(xml: str | bytes | Any) -> Any:
 class ReadoutReducer(Protocol):
     """Reduces each zero-filled encoded readout ``[C, nx_enc]`` to ``[C, size]`` as it arrives
     (e.g. readout-oversampling removal); ``mask`` maps the encoded samples a line covers
-    (bool ``[nx_enc]``) to the reduced positions it covers (bool ``[size]``)."""
+    (bool ``[nx_enc]``) to the reduced positions it covers (bool ``[size]``). The lines of the
+    central ``keep_centre`` lines (and partitions) of k-space are also kept unreduced, as the
+    group's :class:`~mrprior.io.containers.EncodedCentre` (0: none)."""
 
     size: int
+    keep_centre: int
 
     def __call__(self, line: np.ndarray) -> np.ndarray: ...
 
@@ -140,6 +143,9 @@ class _Group:
     dwell_us: float = 0.0
     n_acq: int = 0
     error: DataError | None = None
+    # the k-space centre at the encoded readout [C, cz, cy, nx_enc] from (z0, y0), or None
+    centre: np.ndarray | None = None
+    centre_start: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         _, nz, ny, nx = self.shape
@@ -149,11 +155,27 @@ class _Group:
         self.img_mask = np.zeros((nz, ny, nx), bool)
         self.cal_mask = np.zeros((nz, ny, nx), bool)
 
+    def keep_centre(self, size: int, nx_enc: int) -> None:
+        """Also hold the central ``size`` lines (and partitions) at the encoded readout."""
+        c, nz, ny, _ = self.shape
+        cz, cy = min(size, nz), min(size, ny)
+        self.centre_start = (nz // 2 - cz // 2, ny // 2 - cy // 2)
+        self.centre = np.zeros((c, cz, cy, nx_enc), np.complex64)
+
+    def centre_line(self, plane: int, row: int) -> np.ndarray | None:
+        """The encoded-readout line ``[C, nx_enc]`` of ``(plane, row)`` when it is in the box."""
+        if self.centre is None:
+            return None
+        z, y = plane - self.centre_start[0], row - self.centre_start[1]
+        _, cz, cy, _ = self.centre.shape
+        return self.centre[:, z, y] if 0 <= z < cz and 0 <= y < cy else None
+
     def fail(self, error: DataError) -> None:
         """Mark the group failed and free its arrays (later acquisitions are dropped)."""
         self.error = error
         empty = np.zeros((0, 0, 0, 0), np.complex64)
         self.data = empty
+        self.centre = None
         self.img_mask = self.cal_mask = np.zeros((0, 0, 0), bool)
 
     def partitions_present(self) -> np.ndarray:
@@ -429,8 +451,11 @@ class AcquisitionBuffer:
         width = nx if self.readout is None else self.readout.size
         if group is None:
             group = _Group(indices=indices, shape=(self._coils or data.shape[0], nz, ny, width))
+            if self.readout is not None and self.readout.keep_centre > 0 and width < nx:
+                group.keep_centre(self.readout.keep_centre, nx)
             self._groups[key] = group
         stop = start + samples.shape[1]
+        full: np.ndarray | None = None
         if self.readout is None:
             cols: slice | np.ndarray = slice(start, stop)
         else:  # reduce the zero-filled encoded line as it arrives
@@ -448,14 +473,21 @@ class AcquisitionBuffer:
         if calib_only or both:
             group.cal_mask[plane, row, cols] = True
         line = group.data[:, plane, row]
+        encoded = None if full is None else group.centre_line(plane, row)
         if calib_only:
             if group.img_count[plane, row] == 0:  # imaging lines take precedence
                 line[:, cols] += samples
+                if encoded is not None:
+                    encoded += full
             group.cal_count[plane, row] += 1
         else:
             if group.img_count[plane, row] == 0 and group.cal_count[plane, row] > 0:
                 line[:] = 0  # drop calibration-only data: an imaging line replaces it
+                if encoded is not None:
+                    encoded[:] = 0
             line[:, cols] += samples
+            if encoded is not None:
+                encoded += full
             group.img_count[plane, row] += 1
             group.img_mask[plane, row, cols] = True
             if group.reference is None:
@@ -505,6 +537,16 @@ class AcquisitionBuffer:
         repeated = n > 1
         if repeated.any():  # average repeated lines in place (no copy of the volume)
             group.data[:, repeated] /= n[repeated][None, :, None].astype(np.float32)
+        centre = None
+        if group.centre is not None:
+            (z0, y0), (_, cz, cy, _) = group.centre_start, group.centre.shape
+            nb = n[z0 : z0 + cz, y0 : y0 + cy]
+            group.centre[:, nb > 1] /= nb[nb > 1][None, :, None].astype(np.float32)
+            centre = (
+                EncodedCentre(group.centre, group.centre_start)
+                if self.is_3d
+                else EncodedCentre(group.centre[:, 0], group.centre_start[1:])
+            )
         data, mask, calib = group.data, group.img_mask, group.cal_mask
         if not self.is_3d:
             data, mask, calib = data[:, 0], mask[0], calib[0]
@@ -524,6 +566,7 @@ class AcquisitionBuffer:
             noise_dwell_us=self._noise_dwell_us,
             dwell_us=group.dwell_us,
             oversampling_removed=self.readout is not None,
+            encoded_centre=centre,
         )
 
 

@@ -46,7 +46,14 @@ from mrprior.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EspiritResult", "calibration_region", "espirit", "espirit_maps"]
+__all__ = [
+    "EspiritResult",
+    "calibration_box",
+    "calibration_region",
+    "encoded_calibration_region",
+    "espirit",
+    "espirit_maps",
+]
 
 
 @dataclass
@@ -115,6 +122,15 @@ def calibration_region(
     DataError
         When no fully sampled centre of at least 2 points per axis exists.
     """
+    return kspace[(slice(None), *calibration_box(kspace, calib, mask))]
+
+
+def calibration_box(
+    kspace: Any,
+    calib: int | Sequence[int] = 24,
+    mask: Any | None = None,
+) -> tuple[slice, ...]:
+    """The index box (one slice per spatial axis) of :func:`calibration_region`."""
     xp = get_xp(kspace)
     d = _spatial_ndim(kspace)
     spatial = tuple(int(n) for n in kspace.shape[1:])
@@ -158,7 +174,51 @@ def calibration_region(
         raise DataError(
             f"fully sampled k-space centre is only {'x'.join(map(str, size))}: cannot calibrate"
         )
-    return kspace[(slice(None), *box())]
+    return tuple(slice(centre[a] - lo[a], centre[a] + hi[a]) for a in range(d))
+
+
+def encoded_calibration_region(
+    encoded: Any, start: Sequence[int], box: Sequence[slice], readout: int
+) -> Any:
+    """The calibration region of :func:`calibration_box` ``box`` (found on the recon grid, whose
+    readout has ``readout`` samples) taken from ``encoded``, the k-space centre kept at the
+    encoded (oversampled) readout: complex ``[C, *box sizes but the readout, nx_enc]`` whose
+    first line / partition sits at ``start`` (``(y0,)`` or ``(z0, y0)``) of the recon grid. Along
+    the readout the region covers the same k-space extent as the recon-grid box, i.e.
+    ``nx_enc / readout`` times as many (twice as finely spaced) samples, about the centre
+    ``nx_enc // 2``.
+
+    Raises
+    ------
+    ValueError
+        ``encoded`` does not match the box's dimensions, or its readout is shorter than ``readout``.
+    DataError
+        The box reaches lines or partitions that ``encoded`` does not hold.
+    """
+    d = len(box)
+    if encoded.ndim != d + 1 or len(start) != d - 1:
+        raise ValueError(
+            f"encoded calibration data must be [C, {'kz, ' if d == 3 else ''}ky, kx_enc] with "
+            f"{d - 1} start indices: {encoded.shape=}, {start=}"
+        )
+    nx_enc = int(encoded.shape[-1])
+    if nx_enc < readout:
+        raise ValueError(f"encoded readout {nx_enc} is shorter than the recon readout {readout}")
+    index: list[slice] = []
+    for a in range(d - 1):
+        s0, s1 = box[a].start - int(start[a]), box[a].stop - int(start[a])
+        if s0 < 0 or s1 > encoded.shape[1 + a]:
+            raise DataError(
+                f"the calibration region [{box[a].start}, {box[a].stop}) along axis {a} reaches "
+                f"beyond the k-space centre kept at the encoded readout "
+                f"[{start[a]}, {int(start[a]) + encoded.shape[1 + a]})"
+            )
+        index.append(slice(s0, s1))
+    width = box[-1].stop - box[-1].start
+    wide = min(nx_enc, round(width * nx_enc / readout))
+    x0 = nx_enc // 2 - (readout // 2 - box[-1].start) * nx_enc // readout
+    x0 = min(max(x0, 0), nx_enc - wide)
+    return encoded[(slice(None), *index, slice(x0, x0 + wide))]
 
 
 def _calibration_kernels(cal: Any, kernel: tuple[int, ...], threshold: float) -> Any:
@@ -396,6 +456,8 @@ def espirit(
     residual_tol: float = 1e-3,
     blas_threads: int | None = 1,
     chunk_bytes: int = 512 * 2**20,
+    encoded: Any | None = None,
+    encoded_start: Sequence[int] = (),
 ) -> EspiritResult:
     """ESPIRiT calibration of 2D or 3D k-space: coil maps and eigenvalue map (like ``-m1``).
 
@@ -431,6 +493,15 @@ def espirit(
         work is many small matrix products, which one thread does best on a shared CPU.
     chunk_bytes : memory bound of one chunk of the full-resolution operator (``C²`` complex64
         values per voxel); larger chunks are not faster.
+    encoded, encoded_start : optional k-space centre kept at the encoded (oversampled) readout,
+        complex ``[C, cy, kx_enc]`` or ``[C, cz, cy, kx_enc]`` whose first line / partition sits
+        at ``encoded_start`` of ``kspace``'s grid (``(y0,)`` or ``(z0, y0)``). With it the
+        calibration region comes from these data (:func:`encoded_calibration_region`) and the
+        ESPIRiT operator is periodic over the encoded field of view along the readout; the maps
+        are returned for the central ``kx`` positions (the recon field of view). An object that
+        fills the recon field of view along the readout then meets no wrap-around edge in the
+        maps: on the recon grid its two readout ends are neighbours, and maps from a small
+        kernel cannot follow the jump between the coils' sensitivities there.
 
     Returns
     -------
@@ -456,7 +527,18 @@ def espirit(
         raise ValueError(f"kernel sizes must be >= 1: {kernel!r}")
     if any(n < 2 * k - 1 for n, k in zip(spatial, ksz, strict=True)):
         raise DataError(f"image {spatial} is too small for kernel {ksz}")
-    cal = calibration_region(kspace, calib, mask).astype(np.complex64)
+    box = calibration_box(kspace, calib, mask)
+    period = spatial
+    if encoded is None:
+        cal = kspace[(slice(None), *box)]
+    else:
+        if encoded.shape[0] != kspace.shape[0]:
+            raise ValueError(f"{encoded.shape=} and {kspace.shape=} differ in coils")
+        cal = encoded_calibration_region(encoded, encoded_start, box, spatial[-1])
+        if not bool(xp.all(xp.isfinite(cal))):
+            raise DataError("the encoded calibration k-space contains NaN or Inf values")
+        period = (*spatial[:-1], int(encoded.shape[-1]))
+    cal = cal.astype(np.complex64)
     if any(m < k for m, k in zip(cal.shape[1:], ksz, strict=True)):
         raise DataError(
             f"calibration region {tuple(cal.shape[1:])} is smaller than the kernel {ksz}: "
@@ -474,6 +556,7 @@ def espirit(
             refine_iter,
             residual_tol,
             chunk_bytes,
+            period,
         )
 
 
@@ -488,7 +571,11 @@ def _espirit(
     refine_iter: int,
     residual_tol: float,
     chunk_bytes: int,
+    period: tuple[int, ...],
 ) -> EspiritResult:
+    """:func:`espirit` from the calibration region ``cal``; the operator is periodic over
+    ``period`` (the recon grid, or the encoded readout) and evaluated at the centred positions
+    of ``kspace``'s grid."""
     xp = get_xp(kspace)
     spatial = tuple(int(n) for n in kspace.shape[1:])
     d = len(spatial)
@@ -497,13 +584,12 @@ def _espirit(
     coef = _operator_coefficients(kernels)
     c = int(coef.shape[-1])
 
-    # coarse grid: exact eigenvectors at positions j * N / m
-    m = tuple(min(n, coarse or max(32, n // 4)) for n in spatial)
+    # coarse grid over the period: exact eigenvectors at positions j * N / m
+    m = tuple(min(n, coarse or max(32, n // 4)) for n in period)
     pos = [
-        xp.arange(mi, dtype=np.float64) * (n / mi) - n // 2
-        for n, mi in zip(spatial, m, strict=True)
+        xp.arange(mi, dtype=np.float64) * (n / mi) - n // 2 for n, mi in zip(period, m, strict=True)
     ]
-    v, lam = _dominant_eigenvectors(_evaluate_operator(coef, pos, spatial), squarings)
+    v, lam = _dominant_eigenvectors(_evaluate_operator(coef, pos, period), squarings)
     u = _principal_direction(v, lam * (lam > crop))
     v = _align_phase(v, u)
     for a in range(d - 1):  # interpolate all axes but the readout now, the readout per chunk
@@ -512,15 +598,19 @@ def _espirit(
 
     # full resolution, in chunks of readout positions: interpolate, refine with the exact W
     full = [xp.arange(n, dtype=np.float64) - n // 2 for n in spatial]
-    nx = spatial[-1]
+    nx, px = spatial[-1], period[-1]
+    shift = px // 2 - nx // 2  # recon-grid readout index -> index over the period
     step = max(1, min(nx, chunk_bytes // (math.prod(spatial[:-1]) * c * c * 8)))
     maps = xp.zeros((c, *spatial), dtype=np.complex64)
     eigenvalues = xp.zeros(spatial, dtype=np.float32)
     n_bad = 0
     for x0 in range(0, nx, step):
         xs = np.arange(x0, min(nx, x0 + step))
-        w = _evaluate_operator(coef, [*full[:-1], full[-1][x0 : x0 + len(xs)]], spatial)
-        vc = _interp_periodic(v, nx, d - 1, xs) if m[-1] != nx else v[..., x0 : x0 + len(xs), :]
+        w = _evaluate_operator(coef, [*full[:-1], full[-1][x0 : x0 + len(xs)]], period)
+        if m[-1] != px:
+            vc = _interp_periodic(v, px, d - 1, xs + shift)
+        else:
+            vc = v[..., x0 + shift : x0 + shift + len(xs), :]
         for _ in range(max(refine_iter, 1)):
             vc, lc, res = _power_step_residual(w, vc)
         # voxels near the support whose start vector was poor (interpolated across the
