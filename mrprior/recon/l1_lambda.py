@@ -21,14 +21,29 @@ Rayleigh-median estimate, :func:`estimate_noise_std`).
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from mrprior.recon.problem import ReconProblem
 
-__all__ = ["KAPPA", "auto_lambda", "estimate_noise_std", "noise_std"]
+__all__ = [
+    "KAPPA",
+    "HoldOut",
+    "auto_lambda",
+    "cv_lambda",
+    "estimate_noise_std",
+    "holdout_folds",
+    "noise_std",
+    "sampling_density",
+    "sampling_units",
+]
+
+logger = logging.getLogger(__name__)
 
 #: calibration constant of :func:`auto_lambda` (see the module docstring)
 KAPPA: float = 0.5
@@ -95,3 +110,226 @@ def auto_lambda(problem: ReconProblem, scale: float, kappa: float = KAPPA) -> fl
         raise ValueError("mask samples nothing")
     accel = m.numel() / sampled
     return kappa * noise_std(problem) / (scale * math.sqrt(accel))
+
+
+# -- k-space cross-validation ------------------------------------------------------------------
+@dataclass(frozen=True)
+class HoldOut:
+    """Hold-out folds of a plane's sampled k-space (:func:`holdout_folds`).
+
+    Attributes
+    ----------
+    masks : bool ``[F, ky, kx]``: the sampled positions each fold keeps (reconstructs from).
+    held : bool ``[F, ky, kx]``: the positions each fold leaves out (scores the prediction of).
+    weight : float ``[ky, kx]``: importance weight ``(1 − p) / p`` of a held-out position,
+        ``p`` the local sampling density (0 where k-space is fully sampled).
+    units : ``"rows"``, ``"columns"`` or ``"points"``: what is held out as one piece.
+    """
+
+    masks: torch.Tensor
+    held: torch.Tensor
+    weight: torch.Tensor
+    units: str
+
+
+def sampling_units(mask: torch.Tensor) -> str:
+    """``"rows"`` when every ``ky`` row of ``mask [ky, kx]`` is sampled completely or not at
+    all (1D phase encoding along ``ky``, a full readout per line), ``"columns"`` likewise along
+    ``kx``, else ``"points"``."""
+    m = mask.to(torch.bool)
+    if bool((m.any(dim=1) == m.all(dim=1)).all()):
+        return "rows"
+    if bool((m.any(dim=0) == m.all(dim=0)).all()):
+        return "columns"
+    return "points"
+
+
+def sampling_density(mask: torch.Tensor, units: str, width: int | None = None) -> torch.Tensor:
+    """Local sampling density ``p`` of ``mask [ky, kx]``: the mean of the mask over a box of
+    ``width`` (default ``max(5, n / 16)``, odd) samples per phase-encoding axis (only along
+    ``ky`` for ``units="rows"``, only ``kx`` for ``"columns"``), edges replicated."""
+    m = mask.to(torch.float32)[None, None]
+    ny, nx = mask.shape
+
+    def box(n: int) -> int:
+        w = width if width is not None else max(5, n // 16)
+        return min(w | 1, (n - 1) | 1)
+
+    ky = box(ny) if units in ("rows", "points") else 1
+    kx = box(nx) if units in ("columns", "points") else 1
+    pad = (kx // 2, kx // 2, ky // 2, ky // 2)
+    m = torch.nn.functional.pad(m, pad, mode="replicate")
+    return torch.nn.functional.avg_pool2d(m, (ky, kx), stride=1)[0, 0]
+
+
+def holdout_folds(
+    mask: torch.Tensor, folds: int = 2, fraction: float = 0.15, seed: int = 0
+) -> HoldOut:
+    """Disjoint random hold-out sets of the sampled k-space of one plane.
+
+    The pieces held out follow the sampling: whole phase-encoding lines for 1D line sampling,
+    single positions otherwise (:func:`sampling_units`), so a fold's problem is the same kind of
+    problem with a little more undersampling. Only pieces whose local density is below 1 are
+    eligible (a fully sampled calibration region is never held out: every reconstruction
+    samples it); each fold leaves out ``fraction`` of the eligible pieces.
+
+    Parameters
+    ----------
+    mask : bool ``[ky, kx]``.
+    folds : number of folds (>= 1), disjoint (``folds · fraction <= 1``).
+    fraction : share of the eligible pieces each fold leaves out, in ``(0, 1)``.
+    seed : seed of the random draw (same seed -> same folds).
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be [ky, kx]: {tuple(mask.shape)}")
+    if folds < 1 or not 0 < fraction < 1 or folds * fraction > 1 + 1e-9:
+        raise ValueError(
+            f"need folds >= 1 and 0 < fraction, folds·fraction <= 1: {folds=}, {fraction=}"
+        )
+    m = mask.to(torch.bool).cpu()
+    if not bool(m.any()):
+        raise ValueError("mask samples nothing")
+    units = sampling_units(m)
+    p = sampling_density(m, units)
+    weight = torch.where(m & (p < 1.0 - 1e-6), (1.0 - p) / p.clamp_min(1e-6), 0.0)
+    if units == "rows":
+        eligible = torch.nonzero(m.any(dim=1) & (weight.amax(dim=1) > 0)).flatten()
+    elif units == "columns":
+        eligible = torch.nonzero(m.any(dim=0) & (weight.amax(dim=0) > 0)).flatten()
+    else:
+        eligible = torch.nonzero((weight > 0).flatten()).flatten()
+    per_fold = round(fraction * eligible.numel())
+    if per_fold < 1:
+        raise ValueError("no sampled k-space outside the fully sampled region to hold out")
+    gen = torch.Generator().manual_seed(int(seed))
+    order = eligible[torch.randperm(eligible.numel(), generator=gen)]
+    held = torch.zeros((folds, *m.shape), dtype=torch.bool)
+    for f in range(folds):
+        idx = order[f * per_fold : (f + 1) * per_fold]
+        if units == "rows":
+            held[f, idx, :] = True
+        elif units == "columns":
+            held[f, :, idx] = True
+        else:
+            held[f].view(-1)[idx] = True
+    held &= m
+    return HoldOut(m & ~held, held, weight.to(torch.float32), units)
+
+
+#: folds of the cross-validation (:func:`cv_lambda`)
+CV_FOLDS: int = 2
+#: share of the eligible sampled pieces each fold holds out
+CV_FRACTION: float = 0.15
+#: factor between consecutive λ of the search
+CV_STEP: float = 2.0
+#: planes of a batch that take part (the most energetic ones, spread over the batch)
+CV_PLANES: int = 4
+#: the cross-validated λ times this factor is the λ used on all the data (calibrated on
+#: training scans, ``benchmarks/bench_l1_lambda.py``)
+CV_CORRECTION: float = 1.0
+
+
+def _cv_planes(kspace: torch.Tensor, count: int) -> list[int]:
+    """Up to ``count`` plane indices of ``kspace [B, C, ky, kx]``: spread evenly over the planes
+    whose k-space energy is at least the median (the planes that hold the object)."""
+    b = int(kspace.shape[0])
+    if b <= count:
+        return list(range(b))
+    energy = (kspace.abs() ** 2).sum(dim=(1, 2, 3)).cpu()
+    full = torch.nonzero(energy >= energy.median()).flatten().tolist()
+    pos = torch.linspace(0, len(full) - 1, count).round().long().tolist()
+    return sorted({full[j] for j in pos})
+
+
+def cv_lambda(
+    problem: ReconProblem,
+    *,
+    max_iterations: int = 30,
+    wavelet: str = "db2",
+    seed: int = 0,
+    folds: int = CV_FOLDS,
+    fraction: float = CV_FRACTION,
+    step: float = CV_STEP,
+    max_planes: int = CV_PLANES,
+    correction: float = CV_CORRECTION,
+    max_steps: int = 6,
+) -> tuple[float, dict[str, Any]]:
+    """λ of ``l1`` by k-space cross-validation (module docstring), in the units of the data.
+
+    Returns ``(λ, info)``: λ for :func:`~mrprior.recon.fista.l1_wavelet` with ``scale=1``
+    (divide by a data scale for BART's units), and ``info`` with the noise-rule start
+    ``lam_noise``, the cross-validated ``lam_cv``, the ``scores`` (weighted held-out error per
+    λ) and the number of ``reconstructions`` run (each of ``folds × planes`` planes).
+    """
+    from mrprior.recon.fista import l1_wavelet
+    from mrprior.recon.planes import PlaneSenseOperator
+
+    if problem.csm is None:
+        raise ValueError("cv_lambda needs coil maps (problem.csm is None)")
+    if not step > 1:
+        raise ValueError(f"step must be > 1: {step}")
+    b = problem.as_batch()
+    if not bool(torch.isfinite(torch.view_as_real(b.kspace)).all()):
+        raise ValueError("k-space holds NaN or infinite values")
+    if not bool(b.mask.any()):
+        raise ValueError("mask samples nothing")
+    lam0 = auto_lambda(problem, 1.0)
+    planes = _cv_planes(b.kspace * b.mask.unsqueeze(1), max_planes)
+    keep, held, weight, ks, csm = [], [], [], [], []
+    for i in planes:
+        h = holdout_folds(b.mask[i], folds, fraction, seed + i)
+        keep.append(h.masks)
+        held.append(h.held)
+        weight.append(h.weight.expand(folds, -1, -1))
+        ks.append(b.kspace[i].expand(folds, -1, -1, -1))
+        csm.append(b.csm[i].expand(folds, -1, -1, -1))
+    dev = b.kspace.device
+    keep_m = torch.cat(keep).to(dev)
+    held_m = torch.cat(held).to(dev)
+    w = torch.cat(weight).to(dev)
+    k = torch.cat(ks)
+    maps = torch.cat(csm).contiguous()
+    A = PlaneSenseOperator(maps, keep_m)
+    predict = PlaneSenseOperator(maps, held_m)  # the model's k-space at the held-out positions
+    y = k * keep_m.unsqueeze(1)
+    target = k * held_m.unsqueeze(1)
+    scores: dict[float, float] = {}
+
+    def score(lam: float) -> float:
+        if lam not in scores:
+            x = l1_wavelet(
+                A, y, lam, max_iterations=max_iterations, seed=seed, wavelet=wavelet, scale=1.0
+            )
+            r = (predict.forward(x) - target).abs() ** 2
+            scores[lam] = float((r.sum(dim=1) * w).sum())
+        return scores[lam]
+
+    # walk from the noise rule's λ downhill in steps of ``step``, then fit a parabola in log λ
+    score(lam0)
+    for direction in (step, 1.0 / step):
+        cur = lam0
+        for _ in range(max_steps):
+            nxt = cur * direction
+            if score(nxt) >= score(cur):
+                break
+            cur = nxt
+    best = min(scores, key=scores.get)
+    lam_cv = best
+    nb_lo, nb_hi = best / step, best * step
+    if nb_lo in scores and nb_hi in scores:
+        s_lo, s0, s_hi = scores[nb_lo], scores[best], scores[nb_hi]
+        curv = s_lo - 2 * s0 + s_hi
+        if curv > 0:
+            t = 0.5 * (s_lo - s_hi) / curv  # in steps, |t| <= 0.5 at a bracketed minimum
+            lam_cv = best * step ** max(-0.5, min(0.5, t))
+    lam = correction * lam_cv
+    info = {
+        "lam_noise": lam0,
+        "lam_cv": lam_cv,
+        "scores": dict(sorted(scores.items())),
+        "reconstructions": len(scores),
+        "planes": planes,
+        "units": sampling_units(b.mask[planes[0]]),
+    }
+    logger.debug("cv_lambda: %s", info)
+    return lam, info
