@@ -34,6 +34,7 @@ from mrprior.recon.problem import ReconProblem
 __all__ = [
     "KAPPA",
     "HoldOut",
+    "NothingToHoldOut",
     "auto_lambda",
     "cv_lambda",
     "estimate_noise_std",
@@ -113,6 +114,10 @@ def auto_lambda(problem: ReconProblem, scale: float, kappa: float = KAPPA) -> fl
 
 
 # -- k-space cross-validation ------------------------------------------------------------------
+class NothingToHoldOut(ValueError):
+    """The mask samples nothing outside its fully sampled region (:func:`holdout_folds`)."""
+
+
 @dataclass(frozen=True)
 class HoldOut:
     """Hold-out folds of a plane's sampled k-space (:func:`holdout_folds`).
@@ -169,9 +174,11 @@ def holdout_folds(
 
     The pieces held out follow the sampling: whole phase-encoding lines for 1D line sampling,
     single positions otherwise (:func:`sampling_units`), so a fold's problem is the same kind of
-    problem with a little more undersampling. Only pieces whose local density is below 1 are
-    eligible (a fully sampled calibration region is never held out: every reconstruction
-    samples it); each fold leaves out ``fraction`` of the eligible pieces.
+    problem with a little more undersampling. Only pieces whose local density
+    (:func:`sampling_density`) is below 1 are eligible: the inside of a fully sampled
+    calibration region, which every reconstruction samples, is never held out (its outermost
+    few lines or points can be, with the small weight of a density close to 1); each fold
+    leaves out ``fraction`` of the eligible pieces.
 
     Parameters
     ----------
@@ -200,7 +207,7 @@ def holdout_folds(
         eligible = torch.nonzero((weight > 0).flatten()).flatten()
     per_fold = round(fraction * eligible.numel())
     if per_fold < 1:
-        raise ValueError("no sampled k-space outside the fully sampled region to hold out")
+        raise NothingToHoldOut("no sampled k-space outside the fully sampled region to hold out")
     gen = torch.Generator().manual_seed(int(seed))
     order = eligible[torch.randperm(eligible.numel(), generator=gen)]
     held = torch.zeros((folds, *m.shape), dtype=torch.bool)
@@ -276,8 +283,15 @@ def cv_lambda(
     lam0 = auto_lambda(problem, 1.0)
     planes = _cv_planes(b.kspace * b.mask.unsqueeze(1), max_planes)
     keep, held, weight, ks, csm = [], [], [], [], []
+    try:
+        holdouts = {i: holdout_folds(b.mask[i], folds, fraction, seed + i) for i in planes}
+    except NothingToHoldOut as exc:
+        # e.g. fully sampled k-space: nothing predicts the missing data, the noise rule stays
+        logger.info("cv_lambda: %s; the noise rule's λ", exc)
+        info = {"rule": "noise", "lam_noise": lam0, "lam_cv": None, "scores": {}}
+        return lam0, {**info, "reconstructions": 0, "planes": planes, "units": None}
     for i in planes:
-        h = holdout_folds(b.mask[i], folds, fraction, seed + i)
+        h = holdouts[i]
         keep.append(h.masks)
         held.append(h.held)
         weight.append(h.weight.expand(folds, -1, -1))
@@ -324,6 +338,7 @@ def cv_lambda(
             lam_cv = best * step ** max(-0.5, min(0.5, t))
     lam = correction * lam_cv
     info = {
+        "rule": "cv",
         "lam_noise": lam0,
         "lam_cv": lam_cv,
         "scores": dict(sorted(scores.items())),

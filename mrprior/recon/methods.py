@@ -70,9 +70,11 @@ def sense_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult
 
 @register_method("l1", needs_csm=True, batched=True)
 def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
-    """ℓ1-wavelet FISTA (``bart pics -l1 -r lam``); settings: ``lam`` (0.01, or ``"auto"``:
-    from the noise level, :func:`mrprior.recon.l1_lambda.auto_lambda`), ``max_iterations`` (30,
-    BART's default), ``seed`` (0), ``wavelet`` ("db2").
+    """ℓ1-wavelet FISTA (``bart pics -l1 -r lam``); settings: ``lam`` (0.01; ``"auto"``: by
+    k-space cross-validation, :func:`mrprior.recon.l1_lambda.cv_lambda`, about 6–10 times the
+    cost of one reconstruction; ``"noise"``: from the noise level alone, free,
+    :func:`mrprior.recon.l1_lambda.auto_lambda`), ``max_iterations`` (30, BART's default),
+    ``seed`` (0; also seeds the cross-validation's folds), ``wavelet`` ("db2").
 
     A fixed ``lam`` is in BART's units: the data are divided by ``problem.data_scale`` (the
     whole acquisition's BART scaling, e.g. of a 3D volume's k-space, the same for every plane)
@@ -121,6 +123,7 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
             except ValueError as exc:
                 raise ConfigError(f"l1: lam 'auto': {exc}") from exc
             extra = {
+                "lam_rule": cv["rule"],
                 "lam_cv": cv["lam_cv"],
                 "lam_noise": cv["lam_noise"],
                 "cv_reconstructions": cv["reconstructions"],
