@@ -98,6 +98,7 @@ def main() -> None:
             rows.append(
                 (bo / base, bo / lam_cv, ours[bo] - res["noise"][1], ours[bo] - res["auto"][1])
             )
+            curves.append((ours, base, lam_cv))
             print(
                 f"{source} {samp} R={acq.acceleration:.2f}: best λ {bo:.4g} ({ours[bo]:.2f} dB); "
                 f"noise rule λ {res['noise'][0]:.4g} {res['noise'][1]:.2f} dB "

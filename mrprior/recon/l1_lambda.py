@@ -1,22 +1,56 @@
-"""Automatic λ for ℓ1-wavelet reconstruction (``l1`` with ``lam: auto``), from the noise level.
+"""Automatic λ for ℓ1-wavelet reconstruction: ``l1`` with ``lam: auto`` (k-space
+cross-validation, :func:`cv_lambda`) or ``lam: noise`` (a noise-level rule, :func:`auto_lambda`).
 
 In BART's units (:mod:`mrprior.recon.fista`), ``l1`` solves
-``argmin_x ½‖A x − y/s‖² + λ‖Ψ x‖₁`` with ``s`` the data scale (:func:`bart_scaling`). The
-ℓ1 term soft-thresholds wavelet coefficients; the threshold that balances noise suppression
-against detail loss is proportional to the noise standard deviation of those coefficients. With
-orthonormal FFTs and unit-norm coil maps, white k-space noise of standard deviation ``σ`` per
-sample (``σ = 1`` for prewhitened data) gives ``Aᴴ n`` a per-pixel standard deviation
-``σ / √R`` on average over the image (only ``1/R`` of k-space carries noise), i.e.
-``σ / (s √R)`` in BART's units. The rule is therefore
+``argmin_x ½‖A x − y/s‖² + λ‖Ψ x‖₁`` with ``s`` the data scale (:func:`bart_scaling`).
 
-    λ_auto = κ · σ / (s · √R),
+**Cross-validation** (``lam: auto``). The best λ depends on the image (how sparse it is in the
+wavelet domain, how much of the field of view it fills) and on how the aliasing of the sampling
+pattern looks, which no rule in the noise level and the acceleration alone captures (1D
+variable-density lines were the noise rule's worst case). The measured data tell it, without
+any ground truth: leave out part of the sampled k-space, reconstruct from the rest, and score
+how well the reconstruction predicts what was left out. Here
 
-with one constant ``κ`` (:data:`KAPPA`) calibrated once on training scans (never on the
-held-out evaluation scans; ``benchmarks/bench_l1_lambda.py`` prints the calibration), the
-analogue of a universal threshold ``σ√(2 ln N)`` whose factor is fitted rather than taken from
-the asymptotic worst case (which over-smooths images by an order of magnitude). When the
-problem carries no noise level, ``σ`` is estimated from the outermost sampled k-space (robust
-Rayleigh-median estimate, :func:`estimate_noise_std`).
+* the pieces left out follow the sampling (:func:`holdout_folds`): whole phase-encoding lines
+  for 1D line sampling, single positions for 2D patterns, never the inside of the fully
+  sampled calibration region; ``F = 2`` disjoint folds of 15 % of the eligible pieces each,
+  drawn with a fixed seed (deterministic);
+* the score is the held-out prediction error ``Σ_k w(k) Σ_c |y_c(k) − (S_c x̂)^(k)|²`` with the
+  importance weight ``w = (1 − p) / p`` of the local sampling density ``p``
+  (:func:`sampling_density`): the held-out positions are drawn with density ``∝ p``, the
+  positions a reconstruction must fill in have density ``1 − p``, so the weighted sum estimates
+  the error where k-space is missing (the noise of the held-out samples adds a constant);
+* λ is searched on a geometric grid (factor 2) from the noise rule's λ downhill until the score
+  rises, then refined by a parabola in ``log λ``; the reconstructions use the final solver's
+  settings (iterations, wavelet, seed), so the score is that of the image ``l1`` returns;
+* the folds' problems are a little more undersampled than the real one, and a held-out line or
+  point always sits in a locally sparser neighbourhood than an unsampled one does, so the
+  cross-validated λ is systematically too large; one factor :data:`CV_CORRECTION` maps it to
+  the λ for all the data, calibrated once on training scans (never on the held-out evaluation
+  scans; ``benchmarks/bench_l1_lambda.py`` prints the calibration);
+* a batch of planes (a 3D volume) gets one λ, from up to :data:`CV_PLANES` planes spread over
+  the planes that hold the object (:func:`_cv_planes`), their scores summed.
+
+Cost: each λ tried is one FISTA run on ``F × planes`` planes; typically 3–5 λ, i.e. 6–10 times
+one 2D reconstruction (about 2–5 s at 256² and 8–12 coils on one busy CPU core) before the
+final one; for a 3D volume of hundreds of planes a small fraction of the volume's own
+reconstruction. Data with nothing to hold out (fully sampled) fall back to the noise rule.
+
+**Noise rule** (``lam: noise``). The ℓ1 term soft-thresholds wavelet coefficients; the threshold
+that balances noise suppression against detail loss is proportional to the noise standard
+deviation of those coefficients. With orthonormal FFTs and unit-norm coil maps, white k-space
+noise of standard deviation ``σ`` per sample (``σ = 1`` for prewhitened data) gives ``Aᴴ n`` a
+per-pixel standard deviation ``σ / √R`` on average over the image (only ``1/R`` of k-space
+carries noise), i.e. ``σ / (s √R)`` in BART's units. The rule is therefore
+
+    λ_noise = κ · σ / (s · √R),
+
+with one constant ``κ`` (:data:`KAPPA`) calibrated on training scans, the analogue of a
+universal threshold ``σ√(2 ln N)`` whose factor is fitted rather than taken from the asymptotic
+worst case (which over-smooths images by an order of magnitude). When the problem carries no
+noise level, ``σ`` is estimated from the outermost sampled k-space (robust Rayleigh-median
+estimate, :func:`estimate_noise_std`). It costs nothing and is the cross-validation's starting
+point.
 """
 
 from __future__ import annotations
