@@ -263,7 +263,7 @@ CV_FOLDS: int = 2
 CV_FRACTION: float = 0.15
 #: factor between consecutive λ of the search
 CV_STEP: float = 2.0
-#: planes of a batch that take part (the most energetic ones, spread over the batch)
+#: planes of a batch that take part (spread over the planes that hold the object)
 CV_PLANES: int = 4
 #: the cross-validated λ times this factor is the λ used on all the data (calibrated on
 #: training scans, ``benchmarks/bench_l1_lambda.py``)
@@ -361,11 +361,11 @@ def cv_lambda(
             if score(nxt) >= score(cur):
                 break
             cur = nxt
-    best = min(scores, key=scores.get)
-    lam_cv = best
-    nb_lo, nb_hi = best / step, best * step
-    if nb_lo in scores and nb_hi in scores:
-        s_lo, s0, s_hi = scores[nb_lo], scores[best], scores[nb_hi]
+    tried = sorted(scores)  # contiguous points of the grid λ0 · step^k
+    i = min(range(len(tried)), key=lambda j: scores[tried[j]])
+    best = lam_cv = tried[i]
+    if 0 < i < len(tried) - 1:
+        s_lo, s0, s_hi = scores[tried[i - 1]], scores[best], scores[tried[i + 1]]
         curv = s_lo - 2 * s0 + s_hi
         if curv > 0:
             t = 0.5 * (s_lo - s_hi) / curv  # in steps, |t| <= 0.5 at a bracketed minimum
