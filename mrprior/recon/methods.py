@@ -70,9 +70,11 @@ def sense_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult
 
 @register_method("l1", needs_csm=True, batched=True)
 def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
-    """ℓ1-wavelet FISTA (``bart pics -l1 -r lam``); settings: ``lam`` (0.01, or ``"auto"``:
-    from the noise level, :func:`mrprior.recon.l1_lambda.auto_lambda`), ``max_iterations`` (30,
-    BART's default), ``seed`` (0), ``wavelet`` ("db2").
+    """ℓ1-wavelet FISTA (``bart pics -l1 -r lam``); settings: ``lam`` (0.01; ``"auto"``: by
+    k-space cross-validation, :func:`mrprior.recon.l1_lambda.cv_lambda`, about 6–10 times the
+    cost of one reconstruction; ``"noise"``: from the noise level alone, free,
+    :func:`mrprior.recon.l1_lambda.auto_lambda`), ``max_iterations`` (30, BART's default),
+    ``seed`` (0; also seeds the cross-validation's folds), ``wavelet`` ("db2").
 
     A fixed ``lam`` is in BART's units: the data are divided by ``problem.data_scale`` (the
     whole acquisition's BART scaling, e.g. of a 3D volume's k-space, the same for every plane)
@@ -80,13 +82,18 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     """
     s = _settings("l1", settings, {"lam": 0.01, "max_iterations": 30, "seed": 0, "wavelet": "db2"})
     _needs_csm("l1", problem)
-    auto = isinstance(s["lam"], str) and s["lam"].strip().lower() == "auto"
-    try:
-        lam = None if auto else float(s["lam"])
-    except (TypeError, ValueError):
-        raise ConfigError(f"l1: lam must be a number >= 0 or 'auto': {s['lam']!r}") from None
-    if lam is not None and lam < 0:
-        raise ConfigError(f"l1: lam must be >= 0: {s['lam']}")
+    rule = s["lam"].strip().lower() if isinstance(s["lam"], str) else None
+    if rule in ("auto", "noise"):
+        lam = None
+    else:
+        try:
+            lam = float(s["lam"])
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"l1: lam must be a number >= 0, 'auto' or 'noise': {s['lam']!r}"
+            ) from None
+        if lam < 0:
+            raise ConfigError(f"l1: lam must be >= 0: {s['lam']}")
     if int(s["max_iterations"]) < 1:
         raise ConfigError(f"l1: max_iterations must be >= 1: {s['max_iterations']}")
     A = plane_operator(problem.csm, problem.mask)
@@ -95,17 +102,37 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     else:
         scale = [bart_scaling(k, m) for k, m in zip(problem.kspace, problem.mask, strict=True)]
     lam_used: float | list[float]
+    extra: dict[str, Any] = {}
+    t0 = time.perf_counter()
     if lam is None:
-        from mrprior.recon.l1_lambda import auto_lambda
+        from mrprior.recon.l1_lambda import auto_lambda, cv_lambda
 
         # λ·s is the threshold on the unscaled data (FISTA is scale-equivariant), so one
         # absolute λ serves every plane with the data left unscaled
-        lam = auto_lambda(problem, 1.0)
+        if rule == "noise":
+            lam = auto_lambda(problem, 1.0)
+        else:
+            seed = 0 if s["seed"] is None else int(s["seed"])
+            try:
+                lam, cv = cv_lambda(
+                    problem,
+                    max_iterations=int(s["max_iterations"]),
+                    wavelet=str(s["wavelet"]),
+                    seed=seed,
+                )
+            except ValueError as exc:
+                raise ConfigError(f"l1: lam 'auto': {exc}") from exc
+            extra = {
+                "lam_rule": cv["rule"],
+                "lam_cv": cv["lam_cv"],
+                "lam_noise": cv["lam_noise"],
+                "cv_reconstructions": cv["reconstructions"],
+                "cv_seconds": time.perf_counter() - t0,
+            }
         lam_used = lam / scale if isinstance(scale, float) else [lam / sc for sc in scale]
         solver_scale: float | list[float] = 1.0  # in BART's units above
     else:
         lam_used, solver_scale = lam, scale
-    t0 = time.perf_counter()
     try:
         img = l1_wavelet(
             A,
@@ -123,7 +150,7 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
         return v[0] if isinstance(v, list) and len(v) == 1 else v
 
     info = {"method": "l1", "seconds": time.perf_counter() - t0, **s}
-    info.update(scale=one(scale), lam_used=one(lam_used))
+    info.update(scale=one(scale), lam_used=one(lam_used), **extra)
     return ReconResult(img, info=info)
 
 

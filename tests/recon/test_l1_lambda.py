@@ -14,7 +14,15 @@ from mrprior.evaluation import complex_image, heldout_names, lambda_sweep, load_
 from mrprior.metrics import psnr
 from mrprior.mr.sampling import poisson_disc, variable_density_lines
 from mrprior.recon.fista import bart_scaling
-from mrprior.recon.l1_lambda import auto_lambda, estimate_noise_std, noise_std
+from mrprior.recon.l1_lambda import (
+    CV_CORRECTION,
+    auto_lambda,
+    cv_lambda,
+    estimate_noise_std,
+    holdout_folds,
+    noise_std,
+    sampling_units,
+)
 from mrprior.recon.problem import ReconProblem, get_method
 
 
@@ -67,6 +75,8 @@ def cases() -> list[tuple[ReconProblem, np.ndarray]]:
 
 #: the auto λ lands within this many dB of the best λ of a fine sweep on the test cases
 AUTO_TOLERANCE_DB = 1.0
+#: ... and within this factor of that best λ
+AUTO_FACTOR = 3.0
 
 
 def test_auto_lambda_is_close_to_the_swept_best(cases):
@@ -78,17 +88,89 @@ def test_auto_lambda_is_close_to_the_swept_best(cases):
 
         grid = [10**e for e in np.arange(-3.5, -0.49, 0.25)]
         _, scores = lambda_sweep(score, grid, refine=False)
-        best = max(scores.values())
+        best_lam = max(scores, key=scores.get)
         res = fn(problem, {"lam": "auto"})
         lam = res.info["lam_used"]
-        expect = auto_lambda(problem, bart_scaling(problem.kspace, problem.mask))
-        assert lam == pytest.approx(expect)
-        assert psnr(res.image, ref) > best - AUTO_TOLERANCE_DB, (lam, scores)
+        s = bart_scaling(problem.kspace, problem.mask)
+        assert res.info["lam_rule"] == "cv"
+        assert lam == pytest.approx(CV_CORRECTION * res.info["lam_cv"] / s)
+        assert 1 / AUTO_FACTOR < lam / best_lam < AUTO_FACTOR, (lam, scores)
+        assert psnr(res.image, ref) > scores[best_lam] - AUTO_TOLERANCE_DB, (lam, scores)
+        # the noise rule stays available as ``lam: noise``
+        noise = fn(problem, {"lam": "noise"})
+        assert noise.info["lam_used"] == pytest.approx(auto_lambda(problem, s))
+        assert psnr(noise.image, ref) > scores[best_lam] - AUTO_TOLERANCE_DB
+
+
+def test_cv_lambda_is_deterministic_and_batched(cases):
+    problem, _ = cases[1]
+    lam, info = cv_lambda(problem, seed=3)
+    assert cv_lambda(problem, seed=3)[0] == lam
+    assert info["units"] == "rows"
+    assert info["reconstructions"] >= 3
+    # a batch of two copies of the plane: the same folds on each, the same λ
+    two = ReconProblem(
+        kspace=torch.stack([problem.kspace] * 2),
+        mask=problem.mask,
+        csm=torch.stack([problem.csm] * 2),
+        noise_std=problem.noise_std,
+    )
+    lam2, info2 = cv_lambda(two, seed=3, max_planes=1)
+    assert info2["planes"] == [0]
+    assert lam2 == pytest.approx(lam)
+
+
+def test_cv_lambda_rejects_bad_input(cases):
+    problem, _ = cases[0]
+    bad = problem.kspace.clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        cv_lambda(ReconProblem(kspace=bad, mask=problem.mask, csm=problem.csm, noise_std=1.0))
+    empty = torch.zeros_like(problem.mask)
+    with pytest.raises(ValueError, match="samples nothing"):
+        cv_lambda(ReconProblem(kspace=problem.kspace * 0, mask=empty, csm=problem.csm))
+    with pytest.raises(ValueError, match="coil maps"):
+        cv_lambda(ReconProblem(kspace=problem.kspace, mask=problem.mask, noise_std=1.0))
+    # fully sampled: nothing to hold out, the noise rule's λ
+    full = ReconProblem(
+        kspace=problem.kspace, mask=torch.ones_like(problem.mask), csm=problem.csm, noise_std=1.0
+    )
+    lam, info = cv_lambda(full)
+    assert info["rule"] == "noise" and info["reconstructions"] == 0
+    assert lam == pytest.approx(auto_lambda(full, 1.0))
+
+
+def test_holdout_folds_follow_the_sampling():
+    lines = variable_density_lines((64, 64), 4.0, calib_lines=12, seed=0)
+    mask = torch.from_numpy(lines.mask)
+    assert sampling_units(mask) == "rows"
+    assert sampling_units(mask.T) == "columns"
+    h = holdout_folds(mask, folds=3, fraction=0.2, seed=1)
+    assert h.units == "rows"
+    assert h.masks.shape == h.held.shape == (3, 64, 64)
+    assert not bool((h.held & h.masks).any())
+    assert bool(((h.held | h.masks) == mask).all())  # each fold: kept + held out = sampled
+    assert not bool((h.held[0] & h.held[1]).any())  # disjoint folds
+    rows = h.held.any(dim=2)
+    assert bool((h.held.all(dim=2) == rows).all())  # whole lines
+    inner = torch.zeros_like(mask)
+    inner[28:36] = True  # the 12 calibration lines 26..37 less two on each side (box of 5)
+    assert bool(torch.from_numpy(lines.calib)[26:38].all())
+    assert not bool((h.held & inner).any())  # the calibration region stays
+    assert bool((holdout_folds(mask, 3, 0.2, seed=1).held == h.held).all())
+    poisson = torch.from_numpy(poisson_disc((64, 64), 4.0, calib=(12, 12), seed=0).mask)
+    hp = holdout_folds(poisson, folds=2, fraction=0.1, seed=0)
+    assert hp.units == "points"
+    assert int(hp.held[0].sum()) == int(hp.held[1].sum()) > 0
+    with pytest.raises(ValueError, match="fraction"):
+        holdout_folds(mask, folds=4, fraction=0.3)
+    with pytest.raises(ValueError, match="samples nothing"):
+        holdout_folds(torch.zeros((8, 8), dtype=torch.bool))
 
 
 def test_l1_lam_setting_is_validated(cases):
     problem, _ = cases[0]
-    with pytest.raises(ConfigError, match="auto"):
+    with pytest.raises(ConfigError, match="'auto' or 'noise'"):
         get_method("l1")(problem, {"lam": "magic"})
     with pytest.raises(ConfigError, match=">= 0"):
         get_method("l1")(problem, {"lam": -1.0})
