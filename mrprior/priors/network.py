@@ -126,6 +126,7 @@ class NetworkPrior:
         # NHWC faster (measured ~10 % on CPU)
         self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self._bf16_cache: tuple[tuple[tuple[int, int], ...], EDMDenoiser] | None = None
+        self._params = list(self.model.parameters())  # walking the modules per call costs
         self.channels = int(model.cfg.in_channels)
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
@@ -157,8 +158,9 @@ class NetworkPrior:
 
     def _bf16_model(self) -> EDMDenoiser:
         """The network with bf16 weights (:func:`~mrprior.priors.unet.inference_copy`), made
-        once and remade only when the weights change (in place or replaced) or move."""
-        key = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+        once and remade only when the weights change (in place, ``load_state_dict``) or move
+        (:meth:`to`)."""
+        key = tuple((p.data_ptr(), p._version) for p in self._params)
         if self._bf16_cache is None or self._bf16_cache[0] != key:
             self._bf16_cache = (key, inference_copy(self.model, torch.bfloat16))
         return self._bf16_cache[1]
@@ -231,7 +233,8 @@ class NetworkPrior:
         """The network on real ``[B, ch, H, W]`` in the chosen precision; float32 out.
 
         bf16 on a CPU runs a copy of the network with bf16 weights, the arithmetic of autocast
-        without its per-op casts and dispatch (4 % of a prior-PICS run); elsewhere autocast.
+        without its per-op weight casts and autocast dispatch; elsewhere autocast (CUDA: not
+        measured this way, no GPU was at hand).
         """
         if self._bf16() and self.device.type == "cpu":
             return self._bf16_model()(x, s).float()
