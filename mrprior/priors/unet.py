@@ -19,6 +19,7 @@ cropped back (MR backgrounds are zero, so zero padding adds no edges inside the 
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -26,7 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EDMDenoiser", "NearestUpConv", "UNet", "UNetConfig", "nearest_upsample_weight"]
+__all__ = [
+    "EDMDenoiser",
+    "NearestUpConv",
+    "UNet",
+    "UNetConfig",
+    "inference_copy",
+    "nearest_upsample_weight",
+]
 
 
 @dataclass
@@ -113,14 +121,39 @@ def nearest_upsample_weight(weight: torch.Tensor) -> torch.Tensor:
 class NearestUpConv(nn.Conv2d):
     """×2 nearest-neighbour upsampling followed by a 3×3 convolution (padding 1), computed as
     one stride-2 transposed convolution (:func:`nearest_upsample_weight`, 2.25× fewer
-    multiplications). Parameters and ``state_dict`` are those of the ``nn.Conv2d``."""
+    multiplications). Parameters and ``state_dict`` are those of the ``nn.Conv2d``.
+
+    ``kernel``: the transposed kernel computed once (set by :func:`inference_copy`, not saved);
+    ``None`` (default): derived from ``weight`` at every call, as training needs.
+    """
+
+    kernel: torch.Tensor | None
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, 3, padding=1)
+        self.register_buffer("kernel", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = nearest_upsample_weight(self.weight)
+        k = nearest_upsample_weight(self.weight) if self.kernel is None else self.kernel
         return F.conv_transpose2d(x, k, self.bias, stride=2, padding=1)
+
+
+def modulated_norm(
+    norm: nn.GroupNorm, h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """``norm(h) · (1 + scale) + shift`` with a per-image ``scale``, ``shift`` ``[B, C]``.
+
+    For a single image (``B = 1``, how a CPU runs the network) the modulation is folded into
+    the GroupNorm's per-channel affine, ``γ' = γ(1 + scale)``, ``β' = β(1 + scale) + shift``
+    (in float32): one pass over ``h`` instead of three, and under bf16 one rounding instead of
+    three. Batches take the three-pass form (the affine is shared by the images of a batch).
+    """
+    if h.shape[0] == 1:
+        s = 1 + scale[0].float()
+        weight = norm.weight * s
+        bias = torch.addcmul(shift[0].float(), norm.bias, s)
+        return F.group_norm(h, norm.num_groups, weight, bias, norm.eps)
+    return norm(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
 
 
 class ResBlock(nn.Module):
@@ -140,8 +173,8 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         # SiLU in place on tensors made here (the normalized copies): no new buffer
         h = self.conv1(F.silu(self.norm1(x), inplace=True))
-        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
+        scale, shift = self.emb(emb).chunk(2, dim=1)
+        h = modulated_norm(self.norm2, h, scale, shift)
         h = self.conv2(F.silu(h, inplace=True))
         return self.skip(x) + h
 
@@ -192,8 +225,11 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        emb = self.emb_mlp(self.embed(c_noise))
-        h = self.conv_in(x)
+        # a copy with low-precision weights (:func:`inference_copy`) computes in their dtype;
+        # float32 weights (also under autocast): no-op casts
+        dtype = self.conv_in.weight.dtype
+        emb = self.emb_mlp(self.embed(c_noise).to(dtype))
+        h = self.conv_in(x.to(dtype))
         hs = [h]
         for i, blocks in enumerate(self.down_blocks):
             for blk in blocks:
@@ -254,3 +290,22 @@ class EDMDenoiser(nn.Module):
         if ph or pw:
             f = f[:, :, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
         return c_skip * x + c_out * f
+
+
+def inference_copy(model: EDMDenoiser, dtype: torch.dtype) -> EDMDenoiser:
+    """A frozen copy of ``model`` that computes in ``dtype`` (bf16) without autocast.
+
+    The convolutions' and linear layers' weights are cast once (autocast casts them at every
+    call) and the upsamplers' transposed kernels are computed once in float32 and then cast, as
+    autocast computes them; GroupNorm keeps its float32 affine and statistics, the EDM
+    preconditioning and the output stay float32. The arithmetic is that of the original under
+    ``torch.autocast(dtype=dtype)`` (tested equal), without autocast's per-op dispatch and
+    weight casts.
+    """
+    net = copy.deepcopy(model).eval().requires_grad_(False)
+    for mod in net.modules():
+        if isinstance(mod, NearestUpConv):
+            mod.kernel = nearest_upsample_weight(mod.weight.float()).to(dtype)
+        if isinstance(mod, nn.Conv2d | nn.Linear):
+            mod.to(dtype)
+    return net

@@ -116,3 +116,32 @@ def test_untrained_denoiser_shrinks_at_large_sigma() -> None:
     noisy = clean + torch.randn(1, 16, 16, dtype=torch.complex64)
     err_d = (prior.denoise(noisy, 1.0) - clean).abs().square().mean()
     assert err_d < 0.5 * (noisy - clean).abs().square().mean()
+
+
+@pytest.mark.parametrize("channels", [2, 1])
+def test_bf16_copy_equals_autocast(channels: int) -> None:
+    """bf16 on a CPU runs a copy with bf16 weights: the same numbers as the network under
+    autocast, one image at a time and as a batch; remade when the weights change."""
+    prior = small(channels)
+    prior.precision = "bf16"  # forced: the same on CPUs without native bf16
+    x = torch.randn(3, 20, 24, dtype=torch.complex64, generator=torch.Generator().manual_seed(2))
+    xr = torch.randn(3, channels, 20, 24).contiguous(memory_format=torch.channels_last)
+    sig = torch.tensor([0.05, 0.2, 0.8])
+
+    def autocast(inp: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return prior.model(inp, s).float()
+
+    for sl in (slice(0, 1), slice(None)):
+        torch.testing.assert_close(prior._run(xr[sl], sig[sl]), autocast(xr[sl], sig[sl]))
+    d = prior.denoise(x[:1], 0.1)
+    with torch.no_grad():  # the copy differs from float32 by bf16 rounding only
+        prior.precision = "fp32"
+        ref = prior.denoise(x[:1], 0.1)
+        prior.precision = "bf16"
+    assert 0 < float((d - ref).abs().max()) < 0.05 * float(ref.abs().max())
+    with torch.no_grad():  # weights changed in place (training, loading): a new copy
+        for p in prior.model.parameters():
+            p.mul_(0.5)
+    torch.testing.assert_close(prior._run(xr[:1], sig[:1]), autocast(xr[:1], sig[:1]))
+    assert prior.model.net.conv_in.weight.dtype == torch.float32  # the original is untouched

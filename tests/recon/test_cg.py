@@ -69,6 +69,10 @@ def test_fused_normal_operator_matches_gram():
     A = sense_operator(prob.csm, prob.mask)
     x = torch.randn(32, 32, dtype=torch.complex64, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(normal_operator(A)(x), A.gram.forward(x), rtol=1e-5, atol=1e-5)
+    # an even size that is not a power of two: the folded scaling 1/N is rounded
+    even = sense_operator(prob.csm[:, :30, :30], prob.mask[:30, :30])
+    xe = x[:30, :30]
+    torch.testing.assert_close(normal_operator(even)(xe), even.gram.forward(xe))
     odd = sense_operator(prob.csm[:, :31, :31], prob.mask[:31, :31])
     xo = x[:31, :31]  # odd sizes take the generic path
     torch.testing.assert_close(normal_operator(odd)(xo), odd.gram.forward(xo))
