@@ -422,19 +422,28 @@ def _principal_direction(v: Any, weight: Any) -> Any:
     return vecs[:, -1].conj()  # cov = Σ v vᴴ transposed; its top eigenvector conjugated
 
 
-def _interp_periodic(v: Any, n: int, axis: int, index: Any | None = None) -> Any:
-    """Linear interpolation of ``v`` sampled at ``j · n / m`` (``m = v.shape[axis]``) to ``n`` points.
+def _interp_periodic(
+    v: Any, n: int, axis: int, index: Any | None = None, points: int | None = None, first: int = 0
+) -> Any:
+    """Linear interpolation of ``v`` sampled at ``j · n / m`` to ``n`` points.
 
     Periodic (the ESPIRiT operator is periodic over the field of view). ``index`` (host ints)
-    selects which of the ``n`` output points to compute (default all).
+    selects which of the ``n`` output points to compute (default all). ``v`` may hold only the
+    samples ``j = first, first + 1, ...`` of the ``m = points`` over the period (default: all
+    ``m = v.shape[axis]``); the selected outputs must then fall between two of them.
     """
     xp = get_xp(v)
-    m = v.shape[axis]
+    m = v.shape[axis] if points is None else int(points)
     out = np.arange(n) if index is None else np.asarray(index)
     t = out * (m / n)
     j0 = np.floor(t).astype(np.int64)
     wt = (t - j0).astype(np.float32)
     j1 = (j0 + 1) % m
+    j0, j1 = j0 - first, j1 - first
+    if first or m != v.shape[axis]:
+        held = v.shape[axis]
+        if j0.min() < 0 or j1.min() < 0 or j0.max() >= held or j1.max() >= held:
+            raise ValueError("interpolation outside the coarse samples held")
     a = xp.take(v, xp.asarray(j0), axis=axis)
     b = xp.take(v, xp.asarray(j1), axis=axis)
     shape = [1] * v.ndim
@@ -584,11 +593,21 @@ def _espirit(
     coef = _operator_coefficients(kernels)
     c = int(coef.shape[-1])
 
-    # coarse grid over the period: exact eigenvectors at positions j * N / m
+    # coarse grid over the period: exact eigenvectors at positions j * N / m; along an encoded
+    # readout longer than the recon one only the samples that bracket the recon FOV (memory)
     m = tuple(min(n, coarse or max(32, n // 4)) for n in period)
     pos = [
         xp.arange(mi, dtype=np.float64) * (n / mi) - n // 2 for n, mi in zip(period, m, strict=True)
     ]
+    nx, px = spatial[-1], period[-1]
+    shift = px // 2 - nx // 2  # recon-grid readout index -> index over the period
+    first = 0
+    if px != nx and m[-1] != px:
+        t = (np.array([0, nx - 1]) + shift) * (m[-1] / px)
+        lo, hi = int(np.floor(t[0])), int(np.floor(t[1])) + 1
+        if hi < m[-1]:  # else the recon FOV's samples wrap around: keep them all
+            first = lo
+            pos[-1] = pos[-1][lo : hi + 1]
     v, lam = _dominant_eigenvectors(_evaluate_operator(coef, pos, period), squarings)
     u = _principal_direction(v, lam * (lam > crop))
     v = _align_phase(v, u)
@@ -598,8 +617,6 @@ def _espirit(
 
     # full resolution, in chunks of readout positions: interpolate, refine with the exact W
     full = [xp.arange(n, dtype=np.float64) - n // 2 for n in spatial]
-    nx, px = spatial[-1], period[-1]
-    shift = px // 2 - nx // 2  # recon-grid readout index -> index over the period
     step = max(1, min(nx, chunk_bytes // (math.prod(spatial[:-1]) * c * c * 8)))
     maps = xp.zeros((c, *spatial), dtype=np.complex64)
     eigenvalues = xp.zeros(spatial, dtype=np.float32)
@@ -608,7 +625,7 @@ def _espirit(
         xs = np.arange(x0, min(nx, x0 + step))
         w = _evaluate_operator(coef, [*full[:-1], full[-1][x0 : x0 + len(xs)]], period)
         if m[-1] != px:
-            vc = _interp_periodic(v, px, d - 1, xs + shift)
+            vc = _interp_periodic(v, px, d - 1, xs + shift, points=m[-1], first=first)
         else:
             vc = v[..., x0 + shift : x0 + shift + len(xs), :]
         for _ in range(max(refine_iter, 1)):
