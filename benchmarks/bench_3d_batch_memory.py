@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +25,11 @@ import torch
 from mrprior.mr.fft import fftc
 from mrprior.pipeline import load_recon_config, method_settings
 from mrprior.recon.problem import ReconProblem, get_method
-from tests.io.raw3d import coil_maps_3d, lines_3d, phantom_volume
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the test-data helpers live in tests/
+
+from tests.io.raw3d import coil_maps_3d, lines_3d, phantom_volume  # noqa: E402
 
 
 def _status_gib(key: str) -> float:

@@ -20,14 +20,20 @@ import argparse
 import json
 import logging
 import resource
+import sys
 import time
+from pathlib import Path
 
 import ismrmrd
 import numpy as np
 
 from mrprior.mr.fft import fftc
 from mrprior.pipeline import acquisition_buffer, images_from_series, load_recon_config, reconstruct
-from tests.io.raw3d import header_3d
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the test-data helpers live in tests/
+
+from tests.io.raw3d import header_3d  # noqa: E402
 
 logger = logging.getLogger("bench_3d_memory")
 
