@@ -183,6 +183,14 @@ class _Group:
         return ((self.img_count + self.cal_count) > 0).any(axis=1)
 
 
+def _average_repeated(lines: np.ndarray, counts: np.ndarray) -> None:
+    """Divide the lines ``[C, kz, ky, kx]`` acquired ``counts [kz, ky]`` > 1 times by their count,
+    in place (no copy of the volume)."""
+    repeated = counts > 1
+    if repeated.any():
+        lines[:, repeated] /= counts[repeated][None, :, None].astype(np.float32)
+
+
 def _runs(missing: np.ndarray) -> list[tuple[int, int]]:
     """Inclusive ``(start, stop)`` index pairs of the runs of True in a 1D bool array."""
     padded = np.concatenate([[False], missing, [False]]).astype(np.int8)
@@ -534,14 +542,11 @@ class AcquisitionBuffer:
 
     def _emit(self, group: _Group) -> KSpace:
         n = np.where(group.img_count > 0, group.img_count, group.cal_count)
-        repeated = n > 1
-        if repeated.any():  # average repeated lines in place (no copy of the volume)
-            group.data[:, repeated] /= n[repeated][None, :, None].astype(np.float32)
+        _average_repeated(group.data, n)
         centre = None
         if group.centre is not None:
             (z0, y0), (_, cz, cy, _) = group.centre_start, group.centre.shape
-            nb = n[z0 : z0 + cz, y0 : y0 + cy]
-            group.centre[:, nb > 1] /= nb[nb > 1][None, :, None].astype(np.float32)
+            _average_repeated(group.centre, n[z0 : z0 + cz, y0 : y0 + cy])
             centre = (
                 EncodedCentre(group.centre, group.centre_start)
                 if self.is_3d
