@@ -63,6 +63,7 @@ from typing import Any
 
 import torch
 
+from mrprior.errors import DataError
 from mrprior.recon.problem import ReconProblem
 
 __all__ = [
@@ -311,9 +312,9 @@ def cv_lambda(
         raise ValueError(f"step must be > 1: {step}")
     b = problem.as_batch()
     if not bool(torch.isfinite(torch.view_as_real(b.kspace)).all()):
-        raise ValueError("k-space holds NaN or infinite values")
+        raise DataError("k-space holds NaN or infinite values")
     if not bool(b.mask.any()):
-        raise ValueError("mask samples nothing")
+        raise DataError("mask samples nothing")
     lam0 = auto_lambda(problem, 1.0)
     planes = _cv_planes(b.kspace * b.mask.unsqueeze(1), max_planes)
     keep, held, weight, ks, csm = [], [], [], [], []

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mrprior.errors import ConfigError
+from mrprior.errors import ConfigError, DataError
 from mrprior.recon.baselines import cg_sense, zero_filled
 from mrprior.recon.fista import bart_scaling, l1_wavelet
 from mrprior.recon.planes import plane_operator
@@ -120,6 +120,8 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
                     wavelet=str(s["wavelet"]),
                     seed=seed,
                 )
+            except DataError as exc:  # the data (NaN, nothing sampled), not the settings
+                raise DataError(f"l1: lam 'auto': {exc}") from exc
             except ValueError as exc:
                 raise ConfigError(f"l1: lam 'auto': {exc}") from exc
             extra = {

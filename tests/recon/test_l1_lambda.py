@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mrprior.acquisition import AcquisitionSpec, reconstruction_problem, simulate_acquisition
-from mrprior.errors import ConfigError
+from mrprior.errors import ConfigError, DataError
 from mrprior.evaluation import complex_image, heldout_names, lambda_sweep, load_image
 from mrprior.metrics import psnr
 from mrprior.mr.sampling import poisson_disc, variable_density_lines
@@ -174,6 +174,12 @@ def test_l1_lam_setting_is_validated(cases):
         get_method("l1")(problem, {"lam": "magic"})
     with pytest.raises(ConfigError, match=">= 0"):
         get_method("l1")(problem, {"lam": -1.0})
+    # bad data under lam: auto is a data error, not a settings error
+    bad = problem.kspace.clone()
+    bad[0, 0, 0] = float("nan")
+    nan_problem = ReconProblem(kspace=bad, mask=problem.mask, csm=problem.csm, noise_std=1.0)
+    with pytest.raises(DataError, match="NaN"):
+        get_method("l1")(nan_problem, {"lam": "auto"})
     # a numeric string (e.g. a Gadgetron property) is a number
     res = get_method("l1")(problem, {"lam": "0.01", "max_iterations": 2})
     assert res.info["lam_used"] == pytest.approx(0.01)
