@@ -11,6 +11,14 @@ data scaling ``s`` (:func:`bart_scaling`): BART divides k-space by an intensity 
 low-resolution image from the central fully-sampled calibration block, so that a given λ means
 the same for any data scale. With the same ``s`` and λ, the ℓ1 weight relative to the data
 matches ``bart pics -l1 -r λ`` (whose default is 30 FISTA iterations with step 0.95).
+
+A 3D volume, given as its (ky, kz) planes after the inverse FFT along the readout, is solved as
+BART solves the 3D k-space (``volume`` of :func:`l1_wavelet`): ``x`` is the whole grid
+``[N, H, W]`` of readout planes, ``W`` a 3D wavelet transform over (readout, ky, kz) with
+BART's levels per axis, the data term that of the planes with data (the others, e.g. the
+background planes the pipeline leaves out, only feel the ℓ1 term), one data scale ``s`` for the
+volume; the normal operator runs on a few planes at a time, so the memory is a few images of the
+volume plus per-chunk temporaries.
 """
 
 from __future__ import annotations
