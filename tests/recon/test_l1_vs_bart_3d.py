@@ -159,10 +159,12 @@ def test_l1_whole_volume_with_3d_wavelets_reaches_bart_pics_3d(volume):
     (readout, kz, ky), FISTA on the whole grid): BART's PSNR, and above our 2D wavelets per
     plane on the same data.
 
-    The random shifts of the cycle spinning move the PSNR after 30 iterations by ±0.2 dB
-    (seeds 0–11: 3D 31.83 ± 0.17 dB, 2D per plane 31.67 ± 0.12 dB, mean ± sd; BART, with its own
-    shifts, 31.91), so means over the seeds 0–3 are compared: 3D 31.90 (the std of a mean of 4,
-    ≈ 0.1 dB, is the tolerance), 2D 31.71 (below the BART bound: the test sees 3D switched off).
+    The random shifts of the cycle spinning move the PSNR after 30 iterations by ±0.2 dB, so
+    means over the seeds 0–11 are compared (0.24 s a run): 3D 31.83 ± 0.17 dB, 2D per plane
+    31.67 ± 0.12 dB (mean ± sd of one run), BART (its own fixed shifts) 31.91. Tolerances: our
+    3D mean within 0.15 dB of BART's one run (measured −0.08: at BART's level, not above it on
+    this phantom; the 2D mean, −0.24, fails it: the test sees 3D switched off), and 3D above 2D
+    by 0.08 dB (measured +0.16; the std of that difference of 12-run means is 0.06).
     """
     k, mask, csm, ref = volume["k"], volume["mask"], volume["csm"], volume["ref"]
     x_bart, bart_scale = _bart_pics(k, csm, iterations=30)
@@ -175,12 +177,12 @@ def test_l1_whole_volume_with_3d_wavelets_reaches_bart_pics_3d(volume):
 
     def l1(**settings: object) -> float:
         vals = []
-        for seed in range(4):
+        for seed in range(12):
             res = get_method("l1")(problem, {"lam": LAM, "seed": seed, **settings})
             vals.append(psnr(res.image.permute(1, 2, 0).numpy(), ref))
         return float(np.mean(vals))
 
     p_bart, p_3d, p_2d = psnr(x_bart, ref), l1(), l1(volume_wavelet=False)
     print(f"PSNR bart {p_bart:.2f}, ours 3D wavelets {p_3d:.2f}, 2D per plane {p_2d:.2f} dB")
-    assert p_3d >= p_bart - 0.1
-    assert p_3d > p_2d + 0.1
+    assert p_3d >= p_bart - 0.15
+    assert p_3d > p_2d + 0.08
