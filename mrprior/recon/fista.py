@@ -30,6 +30,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from mrprior.cancellation import check_cancelled
 from mrprior.mr.linop import LinearOperator, power_iteration
 from mrprior.recon.cg import Callback, normal_operator
 from mrprior.recon.wavelet import WaveletTransform, axis_levels, wavelet_soft_threshold
@@ -74,6 +75,7 @@ def fista(
     t = 1.0
     x = x0
     for it in range(max_iterations):
+        check_cancelled()
         x = prox_g(z - step * grad_f(z), step)
         t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
         if restart and float(torch.sum(((z - x).conj() * (x - x_prev)).real)) > 0:
