@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mrprior.cli.recon import parse_set
 from mrprior.mr.fft import fftc
 from mrprior.pipeline import load_recon_config, method_settings
 from mrprior.recon.problem import ReconProblem, get_method
@@ -85,7 +86,7 @@ def main() -> None:
         0.02 * np.sqrt(2),
         volume=torch.ones(b, dtype=torch.bool) if args.volume else None,
     )
-    sets = {f"settings.{k}": v for k, v in (kv.split("=", 1) for kv in args.set)}
+    sets = {f"settings.{k}": v for k, v in parse_set(args.set).items()}  # YAML scalars
     cfg = load_recon_config(overrides={"method": args.method, "device": "cpu", **sets})
     _reset_peak()
     before = _status_gib("VmRSS")
