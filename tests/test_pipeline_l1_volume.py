@@ -1,6 +1,8 @@
 """``l1`` on a 3D raw volume through the pipeline: the method gets the whole volume at once
 (background planes left out) and solves it with 3D wavelets over the grid of readout planes,
-the same as on every plane of the volume."""
+the same as on every plane of the volume. (``lam: auto`` on a volume through the pipeline:
+tests/test_pipeline_3d.py; the 3D cross-validation and ``volume_wavelet: false``:
+tests/recon/test_l1_volume.py.)"""
 
 from __future__ import annotations
 
@@ -78,8 +80,3 @@ def test_l1_volume_through_the_pipeline_is_the_whole_volume_solve(raw):
     peak = float(whole.image.abs().max())
     torch.testing.assert_close(result.image, whole.image[active], rtol=0, atol=2e-5 * peak)
     assert result.info["scale"] == pytest.approx(stack.data_scale)
-    # 2D wavelets per plane on request: another result
-    plane2d = reconstruct(groups[0], _cfg("l1", **{"settings.volume_wavelet": False}))
-    assert float(abs(plane2d.image - series.image).max()) > 1e-3 * float(abs(series.image).max())
-    auto = reconstruct(groups[0], _cfg("l1", **{"settings.lam": "auto"}))
-    assert auto.info["lam_rule"] == "cv" and auto.info["lam_used"] > 0
