@@ -4,8 +4,9 @@ BART divides the whole 3D k-space by one data scale (``estimate_scaling``: a cal
 of at most 32³, grown from the centre and slid along the readout, after ``pics``' ``fftmod``);
 :func:`~mrprior.recon.fista.bart_scaling` on ``[C, kz, ky, kx]`` must give the number ``bart
 pics -d5`` prints, and the ``l1`` method with that scale as ``ReconProblem.data_scale`` must
-reach BART's PSNR at the same λ on every plane of the volume (BART regularizes with 3D
-wavelets, we with 2D wavelets per plane: a small margin).
+reach BART's PSNR at the same λ on every plane of the volume (2D wavelets per plane, without
+``problem.volume``: a small margin); with ``problem.volume`` it solves BART's 3D problem (3D
+wavelets over the whole grid) and reaches BART's level.
 
 Setup: ``bart phantom -3 -x 32 -s 8 -k`` plus complex Gaussian noise (σ = 0.002 · max|k|); the
 phantom's own sensitivities (``bart phantom -3 -x 32 -S 8``), normalized to ``Σ_c|S_c|² = 1``,
