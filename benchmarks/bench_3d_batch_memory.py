@@ -8,6 +8,10 @@ with a 24 × 24 calibration box, noise) through the registered method and report
 memory before the call and the peak during it (``VmHWM``, reset after building the inputs).
 
     nice -n 5 python benchmarks/bench_3d_batch_memory.py --method prior-pics
+
+``--volume``: the ``--planes`` planes are a whole volume (``problem.volume``; the phantom is
+``--planes`` readout positions wide), for methods that solve a volume at once (``l1``);
+``--set KEY=VALUE`` sets a method setting (e.g. ``max_iterations=3``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mrprior.cli.recon import parse_set
 from mrprior.mr.fft import fftc
 from mrprior.pipeline import load_recon_config, method_settings
 from mrprior.recon.problem import ReconProblem, get_method
@@ -53,10 +58,15 @@ def main() -> None:
     p.add_argument("--plane", type=int, nargs=2, default=(192, 256), metavar=("Z", "Y"))
     p.add_argument("--planes", type=int, default=16, help="planes in the batch")
     p.add_argument("--coils", type=int, default=32)
+    p.add_argument(
+        "--volume", action="store_true", help="the planes are a whole volume (problem.volume)"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting")
     args = p.parse_args()
     nz, ny = args.plane
     b, c = args.planes, args.coils
-    nx = 4 * b  # the batch: the central readout positions of a 4b-wide phantom
+    # the batch: the central readout positions of a 4b-wide phantom, or a whole volume
+    nx = b if args.volume else 4 * b
     x0 = (nx - b) // 2
     vol = phantom_volume(nz, ny, nx)[:, :, x0 : x0 + b]
     maps = coil_maps_3d(c, nz, ny, nx)[..., x0 : x0 + b]
@@ -70,9 +80,14 @@ def main() -> None:
     k = (k + 0.02 * noise * mask).astype(np.complex64)
     del noise
     problem = ReconProblem(
-        torch.from_numpy(k), torch.from_numpy(mask), torch.from_numpy(csm), 0.02 * np.sqrt(2)
+        torch.from_numpy(k),
+        torch.from_numpy(mask),
+        torch.from_numpy(csm),
+        0.02 * np.sqrt(2),
+        volume=torch.ones(b, dtype=torch.bool) if args.volume else None,
     )
-    cfg = load_recon_config(overrides={"method": args.method, "device": "cpu"})
+    sets = {f"settings.{k}": v for k, v in parse_set(args.set).items()}  # YAML scalars
+    cfg = load_recon_config(overrides={"method": args.method, "device": "cpu", **sets})
     _reset_peak()
     before = _status_gib("VmRSS")
     t0 = time.perf_counter()
@@ -80,6 +95,8 @@ def main() -> None:
     result = {
         "method": args.method,
         "planes": b,
+        "volume": args.volume,
+        "settings": method_settings(cfg),
         "coils": c,
         "plane": [nz, ny],
         "batch_inputs_gib": round((k.nbytes + csm.nbytes) / 2**30, 3),

@@ -11,6 +11,14 @@ data scaling ``s`` (:func:`bart_scaling`): BART divides k-space by an intensity 
 low-resolution image from the central fully-sampled calibration block, so that a given λ means
 the same for any data scale. With the same ``s`` and λ, the ℓ1 weight relative to the data
 matches ``bart pics -l1 -r λ`` (whose default is 30 FISTA iterations with step 0.95).
+
+A 3D volume, given as its (ky, kz) planes after the inverse FFT along the readout, is solved as
+BART solves the 3D k-space (``volume`` of :func:`l1_wavelet`): ``x`` is the whole grid
+``[N, H, W]`` of readout planes, ``W`` a 3D wavelet transform over (readout, ky, kz) with
+BART's levels per axis, the data term that of the planes with data (the others, e.g. the
+background planes the pipeline leaves out, only feel the ℓ1 term), one data scale ``s`` for the
+volume; the normal operator runs on a few planes at a time, so the memory is a few images of the
+volume plus per-chunk temporaries.
 """
 
 from __future__ import annotations
@@ -22,9 +30,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from mrprior.cancellation import check_cancelled
 from mrprior.mr.linop import LinearOperator, power_iteration
 from mrprior.recon.cg import Callback, normal_operator
-from mrprior.recon.wavelet import WaveletTransform, wavelet_soft_threshold
+from mrprior.recon.wavelet import WaveletTransform, axis_levels, wavelet_soft_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +75,7 @@ def fista(
     t = 1.0
     x = x0
     for it in range(max_iterations):
+        check_cancelled()
         x = prox_g(z - step * grad_f(z), step)
         t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
         if restart and float(torch.sum(((z - x).conj() * (x - x_prev)).real)) > 0:
@@ -218,6 +228,39 @@ def lipschitz_bound(
     return power_iteration(A.gram, iterations=iterations, device=device)
 
 
+def _volume_gradient(
+    A: LinearOperator, y: torch.Tensor, s: float, rows: torch.Tensor, chunk: int | None
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
+    """The gradient ``x -> AᴴA x_r - Aᴴ y_r / s`` of the data term on the planes ``rows`` of a
+    volume grid ``[N, H, W]`` (zero on the other planes), the normal operator applied to
+    ``chunk`` planes at a time (``[chunk, C, H, W]`` temporaries; ``y`` is never copied
+    whole), and an upper bound of its Lipschitz constant (the maximum over the chunks)."""
+    from mrprior.recon.planes import PlaneSenseOperator, map_planes
+
+    count = int(rows.numel())
+
+    def part(sl: slice) -> LinearOperator:
+        return A.select(sl) if isinstance(A, PlaneSenseOperator) else A
+
+    if not isinstance(A, PlaneSenseOperator):
+        chunk = None
+    aty = map_planes(lambda sl: part(sl).adjoint(y[sl]) / s, count, chunk)
+    lip = float(
+        map_planes(
+            lambda sl: torch.tensor([lipschitz_bound(part(sl), device=y.device)]), count, chunk
+        ).max()
+    )
+
+    def grad(x: torch.Tensor) -> torch.Tensor:
+        def one(sl: slice) -> torch.Tensor:
+            return normal_operator(part(sl))(x.index_select(0, rows[sl])) - aty[sl]
+
+        g = torch.zeros_like(x)
+        return g.index_copy_(0, rows, map_planes(one, count, chunk))
+
+    return grad, lip
+
+
 def l1_wavelet(
     A: LinearOperator,
     y: torch.Tensor,
@@ -227,12 +270,15 @@ def l1_wavelet(
     seed: int | None = 0,
     step: float | None = None,
     wavelet: str = "db2",
-    levels: int | None = None,
+    levels: int | tuple[int, ...] | None = None,
     scale: str | float | None = "bart",
     threshold_coarse: bool = True,
     restart: bool = False,
     x0: torch.Tensor | None = None,
     callback: Callback | None = None,
+    volume: torch.Tensor | None = None,
+    volume_wavelet: bool = True,
+    plane_chunk: int | None = None,
 ) -> torch.Tensor:
     """ℓ1-wavelet regularized SENSE reconstruction by FISTA (module docstring for the objective).
 
@@ -248,13 +294,26 @@ def l1_wavelet(
     seed : seed of the shift generator (same seed -> same result); None = nondeterministic.
     step : gradient step; default ``0.95 / L`` with ``L`` from :func:`lipschitz_bound`
         (``L = 1`` for normalized maps, so this equals BART's fixed 0.95).
-    wavelet, levels : see :class:`~mrprior.recon.wavelet.WaveletTransform`.
+    wavelet, levels : see :class:`~mrprior.recon.wavelet.WaveletTransform` (default levels:
+        the same on both axes of a plane, :func:`~mrprior.recon.wavelet.num_levels`; BART's
+        per-axis rule :func:`~mrprior.recon.wavelet.axis_levels` for a 3D volume).
     scale : ``"bart"`` (:func:`bart_scaling`, per plane), a number or one per plane ``[B]``, or
-        None (= 1).
+        None (= 1); one number for a ``volume``.
     threshold_coarse : also threshold the coarse approximation band (BART does).
     restart : adaptive momentum restart (see :func:`fista`); off in BART.
-    x0 : initial image in the units of ``y`` (default zeros).
-    callback : ``callback(iteration, x)`` with ``x`` in the units of ``y``; True stops.
+    x0 : initial image in the units of ``y`` (default zeros); ``[N, H, W]`` for a ``volume``.
+    callback : ``callback(iteration, x)`` with ``x`` in the units of ``y`` (the whole grid
+        ``[N, H, W]`` for a ``volume``); True stops.
+    volume : bool ``[N]``: the ``B`` planes of ``y`` are the planes where True of one 3D volume
+        (readout positions in order; the others hold no data). FISTA then solves on the whole
+        grid ``[N, H, W]`` what ``bart pics -l1`` solves on the 3D k-space: the data term of the
+        ``B`` planes (zero gradient on the others), the ℓ1 term of a 3D wavelet transform over
+        (readout, ky, kz) of the whole grid (BART's levels per axis, one random shift per axis),
+        and returns the ``B`` planes ``[B, H, W]``. The normal operator runs on
+        ``plane_chunk`` planes at a time.
+    volume_wavelet : with ``volume``: 3D wavelets (default); False: 2D wavelets per plane (the
+        planes then decouple: the result is that of the batch of planes without ``volume``).
+    plane_chunk : planes per application of the normal operator with ``volume`` (None: all).
 
     Returns
     -------
@@ -268,6 +327,13 @@ def l1_wavelet(
     if len(A.ishape) != 2:
         raise ValueError(f"l1_wavelet needs a 2D image operator: {A.ishape=}")
     batch = tuple(y.shape[: y.ndim - len(A.oshape)])
+    if volume is not None:
+        if volume.ndim != 1 or volume.dtype != torch.bool or len(batch) != 1:
+            raise ValueError(f"volume must be bool [N] with y [B, C, ky, kx]: {volume.shape=}")
+        if int(volume.sum()) != batch[0]:
+            raise ValueError(f"volume marks {int(volume.sum())} planes, y holds {batch[0]}")
+        if isinstance(scale, str) or (scale is not None and torch.as_tensor(scale).numel() != 1):
+            raise ValueError(f"a whole volume needs one data scale (a number): {scale!r}")
     if scale == "bart":
         mask = getattr(A, "mask", None)
         planes = y.reshape(-1, *A.oshape)
@@ -293,13 +359,28 @@ def l1_wavelet(
         s = s.reshape(*batch, 1, 1)
     s = s.to(device=y.device, dtype=torch.float32)
     device = y.device
-    ys = y / s.unsqueeze(-3) if s.ndim else y / s
-    gram = normal_operator(A)
-    aty = A.adjoint(ys)
+    if volume is None:
+        ys = y / s.unsqueeze(-3) if s.ndim else y / s
+        gram = normal_operator(A)
+        aty = A.adjoint(ys)
+
+        def grad_f(x: torch.Tensor) -> torch.Tensor:
+            return gram(x) - aty
+
+        shape = (*batch, *A.ishape)
+        wt_shape: tuple[int, ...] = tuple(A.ishape)
+        lip = lipschitz_bound(A, device=device) if step is None else 1.0
+    else:
+        rows = torch.nonzero(volume.to(device)).flatten()
+        grad_f, lip = _volume_gradient(A, y, float(s), rows, plane_chunk)
+        shape = (int(volume.numel()), *A.ishape)
+        wt_shape = shape if volume_wavelet else tuple(A.ishape)
+        if volume_wavelet and levels is None:
+            levels = axis_levels(wt_shape)
     if step is None:
-        lip = lipschitz_bound(A, device=device)
         step = 0.95 / lip if lip > 0 else 0.95
-    wt = WaveletTransform(tuple(A.ishape), wavelet=wavelet, levels=levels, device=device)
+    wt = WaveletTransform(wt_shape, wavelet=wavelet, levels=levels, device=device)
+    nd = len(wt_shape)
     period = 2**wt.levels
     gen = torch.Generator(device="cpu")
     if seed is None:
@@ -307,15 +388,15 @@ def l1_wavelet(
     else:
         gen.manual_seed(int(seed))
 
-    def grad_f(x: torch.Tensor) -> torch.Tensor:
-        return gram(x) - aty
-
     def prox_g(v: torch.Tensor, tau: float) -> torch.Tensor:
         if random_shift:
-            sh = torch.randint(0, period, (2,), generator=gen).tolist()
-            shift = (sh[0] % v.shape[-2], sh[1] % v.shape[-1])
+            sh = torch.randint(0, period, (nd,), generator=gen).tolist()
+            # each axis's own period 2**levels (a divisor of ``period``: still uniform)
+            shift = tuple(
+                (r % 2**lv) % n for r, lv, n in zip(sh, wt.axis_levels, v.shape[-nd:], strict=True)
+            )
         else:
-            shift = (0, 0)
+            shift = (0,) * nd
         return wavelet_soft_threshold(v, wt, lam * tau, shift, threshold_coarse)
 
     cb = None
@@ -324,11 +405,15 @@ def l1_wavelet(
         def cb(it: int, x: torch.Tensor) -> bool | None:
             return callback(it, x * s)
 
-    shape = (*batch, *A.ishape)
+    if x0 is not None and tuple(x0.shape) != shape:
+        raise ValueError(f"x0 must have shape {shape}: {tuple(x0.shape)}")
     start = torch.zeros(shape, dtype=torch.complex64, device=device) if x0 is None else x0 / s
     logger.debug(
-        "l1_wavelet: lam=%g scale=%s step=%.4g %r iterations=%d",
+        "l1_wavelet: lam=%g scale=%s step=%.4g %r iterations=%d%s",
         lam, s.flatten().tolist(), step, wt, max_iterations,
+        "" if volume is None else f" volume of {shape[0]} planes, {int(volume.sum())} with data",
     )  # fmt: skip
     x = fista(grad_f, prox_g, start, step, max_iterations, cb, restart)
+    if volume is not None:
+        x = x.index_select(0, rows)
     return x * s

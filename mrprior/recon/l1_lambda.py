@@ -266,6 +266,9 @@ CV_FRACTION: float = 0.15
 CV_STEP: float = 2.0
 #: planes of a batch that take part (spread over the planes that hold the object)
 CV_PLANES: int = 4
+#: readout planes of a whole 3D volume that take part: one contiguous slab of the volume's grid
+#: (the whole volume when it has no more planes), reconstructed with 3D wavelets as the volume
+CV_SLAB: int = 64
 #: the cross-validated λ times this factor is the λ used on all the data (calibrated on
 #: training scans, ``benchmarks/bench_l1_lambda.py``)
 CV_CORRECTION: float = 1.0
@@ -295,6 +298,8 @@ def cv_lambda(
     max_planes: int = CV_PLANES,
     correction: float = CV_CORRECTION,
     max_steps: int = 6,
+    volume_wavelet: bool = True,
+    slab: int = CV_SLAB,
 ) -> tuple[float, dict[str, Any]]:
     """λ of ``l1`` by k-space cross-validation (module docstring), in the units of the data.
 
@@ -302,6 +307,14 @@ def cv_lambda(
     (divide by a data scale for BART's units), and ``info`` with the noise-rule start
     ``lam_noise``, the cross-validated ``lam_cv``, the ``scores`` (weighted held-out error per
     λ) and the number of ``reconstructions`` run (each of ``folds × planes`` planes).
+
+    A whole 3D volume (``problem.volume``, with ``volume_wavelet``) is cross-validated as it is
+    reconstructed: each fold leaves the same phase-encoding positions out of every plane
+    (whole readout lines of the 3D k-space) and reconstructs a contiguous slab of up to
+    ``slab`` readout planes of the volume's grid, centred on the planes that hold data (the
+    whole volume when it is not larger), with 3D wavelets
+    (:func:`~mrprior.recon.fista.l1_wavelet` with ``volume``); its score sums over the slab's
+    planes. Each λ then costs ``folds`` slab reconstructions.
     """
     from mrprior.recon.fista import l1_wavelet
     from mrprior.recon.planes import PlaneSenseOperator
@@ -316,6 +329,11 @@ def cv_lambda(
     if not bool(b.mask.any()):
         raise DataError("mask samples nothing")
     lam0 = auto_lambda(problem, 1.0)
+    if b.volume is not None and volume_wavelet:
+        return _cv_volume(
+            b, lam0, max_iterations, wavelet, seed, folds, fraction, step, correction,
+            max_steps, slab,
+        )  # fmt: skip
     planes = _cv_planes(b.kspace * b.mask.unsqueeze(1), max_planes)
     keep, held, weight, ks, csm = [], [], [], [], []
     try:
@@ -353,6 +371,26 @@ def cv_lambda(
             scores[lam] = float((r.sum(dim=1) * w).sum())
         return scores[lam]
 
+    lam_cv = _search(score, scores, lam0, step, max_steps)
+    lam = correction * lam_cv
+    info = {
+        "rule": "cv",
+        "lam_noise": lam0,
+        "lam_cv": lam_cv,
+        "scores": dict(sorted(scores.items())),
+        "reconstructions": len(scores),
+        "planes": planes,
+        "units": sampling_units(b.mask[planes[0]]),
+    }
+    logger.debug("cv_lambda: %s", info)
+    return lam, info
+
+
+def _search(
+    score: Any, scores: dict[float, float], lam0: float, step: float, max_steps: int
+) -> float:
+    """Walk from ``lam0`` downhill on the grid ``lam0 · step^k`` (``score(λ)`` fills
+    ``scores``), then refine the best λ by a parabola in log λ through its neighbours."""
     # walk from the noise rule's λ downhill in steps of ``step``, then fit a parabola in log λ
     score(lam0)
     for direction in (step, 1.0 / step):
@@ -371,15 +409,98 @@ def cv_lambda(
         if curv > 0:
             t = 0.5 * (s_lo - s_hi) / curv  # in steps, |t| <= 0.5 at a bracketed minimum
             lam_cv = best * step ** max(-0.5, min(0.5, t))
-    lam = correction * lam_cv
+    return lam_cv
+
+
+def _held_out_error(predict: Any, x: torch.Tensor, k: torch.Tensor, weight: torch.Tensor) -> float:
+    """``Σ weight · |P x - k|²`` over the held-out positions of ``predict`` (a
+    :class:`~mrprior.recon.planes.PlaneSenseOperator` masked to them) and all coils, on
+    :data:`~mrprior.recon.planes.PLANES_PER_CHUNK` planes at a time; ``weight`` ``[H, W]`` or
+    one per plane ``[B, H, W]``."""
+    from mrprior.recon.planes import PLANES_PER_CHUNK, map_planes
+
+    def part(sl: slice) -> torch.Tensor:
+        op = predict.select(sl)
+        r = op.forward(x[sl]) - k[sl] * op.mask
+        w = weight if weight.ndim == 2 else weight[sl]
+        return ((r.abs() ** 2).sum(dim=1) * w).sum().reshape(1)
+
+    return float(map_planes(part, int(k.shape[0]), PLANES_PER_CHUNK).sum())
+
+
+def _cv_volume(
+    b: ReconProblem,
+    lam0: float,
+    max_iterations: int,
+    wavelet: str,
+    seed: int,
+    folds: int,
+    fraction: float,
+    step: float,
+    correction: float,
+    max_steps: int,
+    slab: int,
+) -> tuple[float, dict[str, Any]]:
+    """:func:`cv_lambda` of a whole volume (its docstring): folds of readout lines, each a
+    3D reconstruction of a slab of the volume's grid."""
+    from mrprior.recon.fista import l1_wavelet
+    from mrprior.recon.planes import PLANES_PER_CHUNK, PlaneSenseOperator
+
+    assert b.volume is not None and b.csm is not None
+    vol = b.volume.cpu()
+    grid = torch.nonzero(vol).flatten()  # grid index of each plane of the batch
+    n = int(vol.numel())
+    width = min(max(int(slab), 1), n)
+    centre = int(grid[grid.numel() // 2])  # the median plane that holds data
+    lo = max(0, min(centre - width // 2, n - width))
+    window = vol[lo : lo + width]
+    first = int(torch.count_nonzero(vol[:lo]))
+    rows = slice(first, first + int(window.sum()))  # the batch's planes in the slab
+    masks = b.mask[rows]
+    try:
+        if bool((masks == masks[:1]).all()):  # one pattern: the same lines out of every plane
+            shared = holdout_folds(masks[0], folds, fraction, seed)
+            hs = [shared]
+        else:
+            hs = [holdout_folds(m, folds, fraction, seed) for m in masks]
+    except NothingToHoldOut as exc:
+        logger.info("cv_lambda: %s; the noise rule's λ", exc)
+        info = {"rule": "noise", "lam_noise": lam0, "lam_cv": None, "scores": {}}
+        return lam0, {**info, "reconstructions": 0, "planes": [], "units": None}
+    dev = b.kspace.device
+    k, csm = b.kspace[rows], b.csm[rows]
+
+    def fold_masks(f: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        keep = torch.stack([h.masks[f] for h in hs]).to(dev)  # [1 or P, H, W]
+        held = torch.stack([h.held[f] for h in hs]).to(dev)
+        w = torch.stack([h.weight for h in hs]).to(dev)
+        return (keep[0], held[0], w[0]) if len(hs) == 1 else (keep, held, w)
+
+    fold_data = [fold_masks(f) for f in range(folds)]
+    scores: dict[float, float] = {}
+
+    def score(lam: float) -> float:
+        if lam not in scores:
+            total = 0.0
+            for keep, held, w in fold_data:
+                A = PlaneSenseOperator(csm, keep)  # its adjoint masks k: no masked copy
+                x = l1_wavelet(
+                    A, k, lam, max_iterations=max_iterations, seed=seed, wavelet=wavelet,
+                    scale=1.0, volume=window, plane_chunk=PLANES_PER_CHUNK,
+                )  # fmt: skip
+                total += _held_out_error(PlaneSenseOperator(csm, held), x, k, w)
+            scores[lam] = total
+        return scores[lam]
+
+    lam_cv = _search(score, scores, lam0, step, max_steps)
     info = {
         "rule": "cv",
         "lam_noise": lam0,
         "lam_cv": lam_cv,
         "scores": dict(sorted(scores.items())),
         "reconstructions": len(scores),
-        "planes": planes,
-        "units": sampling_units(b.mask[planes[0]]),
+        "planes": list(range(lo, lo + width)),
+        "units": hs[0].units,
     }
-    logger.debug("cv_lambda: %s", info)
-    return lam, info
+    logger.debug("cv_lambda (volume): %s", info)
+    return correction * lam_cv, info

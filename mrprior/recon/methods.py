@@ -8,6 +8,7 @@ modules, imported at the end of this file.
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from mrprior.errors import ConfigError, DataError
 from mrprior.recon.baselines import cg_sense, zero_filled
 from mrprior.recon.fista import bart_scaling, l1_wavelet
-from mrprior.recon.planes import plane_operator
+from mrprior.recon.planes import PLANES_PER_CHUNK, plane_operator
 from mrprior.recon.problem import ReconProblem, ReconResult, register_method
 
 
@@ -68,19 +69,31 @@ def sense_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult
     return ReconResult(img, info={"method": "sense", "seconds": time.perf_counter() - t0, **s})
 
 
-@register_method("l1", needs_csm=True, batched=True)
+@register_method("l1", needs_csm=True, batched=True, whole_volume=True)
 def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
     """ℓ1-wavelet FISTA (``bart pics -l1 -r lam``); settings: ``lam`` (0.01; ``"auto"``: by
     k-space cross-validation, :func:`mrprior.recon.l1_lambda.cv_lambda`, about 6–10 times the
     cost of one reconstruction; ``"noise"``: from the noise level alone, free,
     :func:`mrprior.recon.l1_lambda.auto_lambda`), ``max_iterations`` (30, BART's default),
-    ``seed`` (0; also seeds the cross-validation's folds), ``wavelet`` ("db2").
+    ``seed`` (0; also seeds the cross-validation's folds), ``wavelet`` ("db2"),
+    ``volume_wavelet`` (True).
+
+    A whole 3D volume (``problem.volume``, the pipeline hands ``l1`` every plane at once) is
+    solved as BART solves the 3D k-space: FISTA on the whole grid of readout planes with 3D
+    wavelets over (readout, ky, kz) (:func:`~mrprior.recon.fista.l1_wavelet` with ``volume``),
+    the SENSE normal operator on :data:`~mrprior.recon.planes.PLANES_PER_CHUNK` planes at a
+    time; ``volume_wavelet: false`` keeps 2D wavelets per plane. Other batches (a multi-slice
+    exam, a part of a volume) are independent planes with 2D wavelets.
 
     A fixed ``lam`` is in BART's units: the data are divided by ``problem.data_scale`` (the
     whole acquisition's BART scaling, e.g. of a 3D volume's k-space, the same for every plane)
     or, without it, by each plane's own :func:`~mrprior.recon.fista.bart_scaling`.
     """
-    s = _settings("l1", settings, {"lam": 0.01, "max_iterations": 30, "seed": 0, "wavelet": "db2"})
+    s = _settings(
+        "l1",
+        settings,
+        {"lam": 0.01, "max_iterations": 30, "seed": 0, "wavelet": "db2", "volume_wavelet": True},
+    )
     _needs_csm("l1", problem)
     rule = s["lam"].strip().lower() if isinstance(s["lam"], str) else None
     if rule in ("auto", "noise"):
@@ -96,11 +109,15 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
             raise ConfigError(f"l1: lam must be >= 0: {s['lam']}")
     if int(s["max_iterations"]) < 1:
         raise ConfigError(f"l1: max_iterations must be >= 1: {s['max_iterations']}")
+    if not isinstance(s["volume_wavelet"], bool):
+        raise ConfigError(f"l1: volume_wavelet must be true or false: {s['volume_wavelet']!r}")
     A = plane_operator(problem.csm, problem.mask)
     if problem.data_scale is not None:
         scale: float | list[float] = float(problem.data_scale)
     else:
         scale = [bart_scaling(k, m) for k, m in zip(problem.kspace, problem.mask, strict=True)]
+        if problem.volume is not None:  # one scale for a volume: the planes' median
+            scale = float(statistics.median(scale))
     lam_used: float | list[float]
     extra: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -119,6 +136,7 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
                     max_iterations=int(s["max_iterations"]),
                     wavelet=str(s["wavelet"]),
                     seed=seed,
+                    volume_wavelet=bool(s["volume_wavelet"]),
                 )
             except DataError as exc:  # the data (NaN, nothing sampled), not the settings
                 raise DataError(f"l1: lam 'auto': {exc}") from exc
@@ -144,6 +162,9 @@ def l1_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconResult:
             seed=None if s["seed"] is None else int(s["seed"]),
             wavelet=str(s["wavelet"]),
             scale=torch.tensor(solver_scale, device=problem.device),
+            volume=problem.volume,
+            volume_wavelet=bool(s["volume_wavelet"]),
+            plane_chunk=PLANES_PER_CHUNK,
         )
     except ValueError as exc:  # e.g. a non-orthogonal wavelet name
         raise ConfigError(f"l1: {exc}") from exc

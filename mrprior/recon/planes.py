@@ -43,7 +43,7 @@ class PlaneSenseOperator(SenseOperator):
             mask = torch.as_tensor(mask, device=csm.device)
             if tuple(mask.shape) not in ((h, w), (b, h, w)):
                 raise ValueError(f"mask {tuple(mask.shape)} does not fit planes {(b, h, w)}")
-            mask = mask.to(torch.float32).unsqueeze(-3)  # [B or 1, 1, H, W]: every coil
+            mask = mask.to(torch.float32).unsqueeze(-3)  # [B, 1, H, W] or [1, H, W]: every coil
         self.mask = mask
 
     def __repr__(self) -> str:
@@ -52,9 +52,9 @@ class PlaneSenseOperator(SenseOperator):
 
     def select(self, planes: slice) -> PlaneSenseOperator:
         """The operator of planes ``planes`` (views of the maps and masks, no copies)."""
-        mask = self.mask  # stored [B or 1, 1, H, W]
+        mask = self.mask  # stored [B, 1, H, W], or [1, H, W] when shared
         if mask is not None:
-            mask = mask[0, 0] if mask.shape[0] == 1 else mask[planes, 0]
+            mask = mask[0] if mask.ndim == 3 else mask[planes, 0]
         return PlaneSenseOperator(self.csm[planes], mask)
 
 

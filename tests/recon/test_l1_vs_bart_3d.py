@@ -4,8 +4,9 @@ BART divides the whole 3D k-space by one data scale (``estimate_scaling``: a cal
 of at most 32³, grown from the centre and slid along the readout, after ``pics``' ``fftmod``);
 :func:`~mrprior.recon.fista.bart_scaling` on ``[C, kz, ky, kx]`` must give the number ``bart
 pics -d5`` prints, and the ``l1`` method with that scale as ``ReconProblem.data_scale`` must
-reach BART's PSNR at the same λ on every plane of the volume (BART regularizes with 3D
-wavelets, we with 2D wavelets per plane: a small margin).
+reach BART's PSNR at the same λ on every plane of the volume (2D wavelets per plane, without
+``problem.volume``: a small margin); with ``problem.volume`` it solves BART's 3D problem (3D
+wavelets over the whole grid) and reaches BART's level.
 
 Setup: ``bart phantom -3 -x 32 -s 8 -k`` plus complex Gaussian noise (σ = 0.002 · max|k|); the
 phantom's own sensitivities (``bart phantom -3 -x 32 -S 8``), normalized to ``Σ_c|S_c|² = 1``,
@@ -152,3 +153,37 @@ def test_l1_planes_with_the_volume_scale_match_bart_pics_3d(volume):
     assert p_volume >= p_bart - 0.5  # 2D wavelets per plane vs BART's 3D wavelets
     # each plane scaled by its own data norm regularizes the planes unevenly
     assert p_volume > p_planes + 0.2
+
+
+def test_l1_whole_volume_with_3d_wavelets_reaches_bart_pics_3d(volume):
+    """With ``problem.volume`` the ``l1`` method solves BART's 3D problem (3D wavelets over
+    (readout, kz, ky), FISTA on the whole grid): BART's PSNR, and above our 2D wavelets per
+    plane on the same data.
+
+    The random shifts of the cycle spinning move the PSNR after 30 iterations by ±0.2 dB, so
+    means over the seeds 0–11 are compared (0.24 s a run): 3D 31.83 ± 0.17 dB, 2D per plane
+    31.67 ± 0.12 dB (mean ± sd of one run), BART (its own fixed shifts) 31.91. Tolerances: our
+    3D mean within 0.15 dB of BART's one run (measured −0.08: at BART's level, not above it on
+    this phantom; the 2D mean, −0.24, fails it: the test sees 3D switched off), and 3D above 2D
+    by 0.08 dB (measured +0.16; the std of that difference of 12-run means is 0.06).
+    """
+    k, mask, csm, ref = volume["k"], volume["mask"], volume["csm"], volume["ref"]
+    x_bart, bart_scale = _bart_pics(k, csm, iterations=30)
+    planes = ifftc(torch.from_numpy(k), 1).permute(3, 0, 1, 2).contiguous()
+    maps = torch.from_numpy(csm).permute(3, 0, 1, 2).contiguous()
+    problem = ReconProblem(
+        planes, torch.from_numpy(mask), maps, data_scale=bart_scale,
+        volume=torch.ones(N, dtype=torch.bool),
+    )  # fmt: skip
+
+    def l1(**settings: object) -> float:
+        vals = []
+        for seed in range(12):
+            res = get_method("l1")(problem, {"lam": LAM, "seed": seed, **settings})
+            vals.append(psnr(res.image.permute(1, 2, 0).numpy(), ref))
+        return float(np.mean(vals))
+
+    p_bart, p_3d, p_2d = psnr(x_bart, ref), l1(), l1(volume_wavelet=False)
+    print(f"PSNR bart {p_bart:.2f}, ours 3D wavelets {p_3d:.2f}, 2D per plane {p_2d:.2f} dB")
+    assert p_3d >= p_bart - 0.15
+    assert p_3d > p_2d + 0.08
