@@ -86,7 +86,7 @@ class PriorPicsSettings:
     cg_iterations: int = 5
     lam: float = 1e-4
     support: bool = True
-    views: Literal["planes", "volume", "none"] = "planes"
+    views: Literal["planes", "volume", "none"] = "volume"
     noise_std: float | None = None
     prior: Any = "complex"
     seed: int = 0
@@ -362,7 +362,7 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
                 support=support,
                 views=()
                 if s.views == "none"
-                else view_cycle(s.views == "volume" and p.volume is not None),
+                else view_cycle(s.views == "volume" and p.volume is not None, s.iterations),
                 volume_planes=p.volume,
                 plane_chunk=PLANES_PER_CHUNK,
             )

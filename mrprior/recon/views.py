@@ -14,10 +14,17 @@ also acts across the readout, which independent 2D planes never see: the 2D prio
 3D. Those views need every plane of the volume (not a subset of planes). Each plane keeps its
 own intensity scale (``max|x| = 1`` per plane, as the data-consistency weight assumes): one scale
 for the whole volume helped brains a little more but cost 0.3–0.7 dB on an abdominal training
-volume. The resliced views are opt-in (``prior-pics`` setting ``views: volume``): they gained
-0.1–0.9 dB on training heads but lost 0.1–0.4 dB on an abdominal training volume and 0.4–0.9 dB
-on one held-out brain (a thick-slice proton-density series) of the volume suite
-(benchmarks/RESULTS.md, "Views").
+volume.
+
+**When to reslice** (``prior-pics`` setting ``views: volume``, the default; chosen on training
+volumes, benchmarks/RESULTS.md "Stop 17"): the first half of the ladder keeps to the in-plane
+views, the second half cycles the three orientations. Reslicing from the first level gained
+0.4–1.0 dB on training heads at 64 × 128 × 128 but lost 0.2–0.35 dB on an abdominal training
+volume (and, at 48 × 64 × 64, on a held-out thick-slice brain); the high-noise levels, which
+remove the undersampling artefacts, work better on the (ky, kz) planes, whose artefacts are
+incoherent within the plane but repeat identically along the readout — in a resliced plane they
+look like structure. Reslicing only the second half (the detail levels) kept 70–90 % of the heads'
+gain and lost at most 0.03 dB on the abdomen.
 """
 
 from __future__ import annotations
@@ -85,15 +92,29 @@ class View:
         return d.contiguous()
 
 
-def view_cycle(volume: bool = False) -> tuple[View, ...]:
-    """The views a ladder cycles through, level by level.
+#: fraction of a volume's ladder (the high-noise levels) that keeps to the in-plane views
+#: before the resliced orientations join (module docstring)
+RESLICE_FROM = 0.5
 
-    Planes: the eight flips/transposes (:data:`DIHEDRAL_ORDER`). A whole volume: the three
-    slice orientations in turn, each with the next in-plane flip/transpose (24 views).
+
+def view_cycle(volume: bool = False, levels: int | None = None) -> tuple[View, ...]:
+    """The views a ladder goes through, level by level (level ``k`` uses view ``k`` of the
+    tuple, cyclically).
+
+    Planes: the eight flips/transposes (:data:`DIHEDRAL_ORDER`). A whole volume (``levels``,
+    the ladder's length, required): ``levels`` views, the first :data:`RESLICE_FROM` of them
+    in-plane, then the three slice orientations in turn (resliced first), each level with the
+    next in-plane flip/transpose.
     """
     if not volume:
         return tuple(View(0, c) for c in DIHEDRAL_ORDER)
-    return tuple(View(k % 3, DIHEDRAL_ORDER[(k // 3) % 8]) for k in range(24))
+    if levels is None or levels < 1:
+        raise ValueError(f"a volume's views need the ladder's number of levels >= 1: {levels}")
+    first = int(levels * RESLICE_FROM)
+    return tuple(
+        View(0 if k < first else (1, 2, 0)[(k - first) % 3], DIHEDRAL_ORDER[k % 8])
+        for k in range(levels)
+    )
 
 
 def denoise_in_view(
@@ -120,4 +141,4 @@ def denoise_in_view(
     return d[..., planes, :, :]
 
 
-__all__ = ["DIHEDRAL_ORDER", "View", "denoise_in_view", "view_cycle"]
+__all__ = ["DIHEDRAL_ORDER", "RESLICE_FROM", "View", "denoise_in_view", "view_cycle"]

@@ -54,8 +54,13 @@ def test_view_cycles() -> None:
     planes = view_cycle()
     assert [v.code for v in planes] == list(DIHEDRAL_ORDER) and len(set(planes)) == 8
     assert not any(v.resliced for v in planes)
-    vol = view_cycle(volume=True)
-    assert len(set(vol)) == 24 and [v.axis for v in vol[:6]] == [0, 1, 2, 0, 1, 2]
+    vol = view_cycle(volume=True, levels=20)
+    # the first half of the ladder in-plane, then the three orientations in turn
+    assert len(vol) == 20 and [v.axis for v in vol] == [0] * 10 + [1, 2, 0] * 3 + [1]
+    assert [v.code for v in vol[:8]] == list(DIHEDRAL_ORDER)
+    assert [v.axis for v in view_cycle(True, 3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="number of levels"):
+        view_cycle(volume=True)
     with pytest.raises(ValueError, match="invalid view"):
         View(3)
 
@@ -96,7 +101,7 @@ def test_pnp_hqs_with_views_stays_consistent_with_the_data() -> None:
     x = _volume(b, n, n)
     y = op.forward(x)
     prior = _RowSmoother()
-    for views in (view_cycle(), view_cycle(volume=True)):
+    for views in (view_cycle(), view_cycle(volume=True, levels=6)):
         out = pnp_hqs(op, y, prior, noise_std=1e-3, max_iterations=6, kappa=0.5, views=views)
         assert out.shape == x.shape and torch.isfinite(out).all()
         rel = torch.linalg.vector_norm(op.forward(out) - y) / torch.linalg.vector_norm(y)
@@ -111,7 +116,7 @@ def test_pnp_hqs_in_plane_chunks_is_the_same_solve() -> None:
     csm = csm / (csm.abs() ** 2).sum(1, keepdim=True).sqrt()
     op = plane_operator(csm, torch.rand(b, n, n, generator=g) < 0.5)
     y = op.forward(_volume(b, n, n))
-    kw = dict(noise_std=torch.full((b, 1, 1), 0.01), max_iterations=4, views=view_cycle(True))
+    kw = dict(noise_std=torch.full((b, 1, 1), 0.01), max_iterations=4, views=view_cycle(True, 4))
     whole = pnp_hqs(op, y, _RowSmoother(), **kw)
     chunked = pnp_hqs(op, y, _RowSmoother(), plane_chunk=2, **kw)
     assert torch.allclose(whole, chunked, rtol=1e-4, atol=1e-5)
