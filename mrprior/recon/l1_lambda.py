@@ -372,18 +372,24 @@ def cv_lambda(
         return scores[lam]
 
     lam_cv = _search(score, scores, lam0, step, max_steps)
-    lam = correction * lam_cv
-    info = {
+    info = _cv_info(lam0, lam_cv, scores, planes, sampling_units(b.mask[planes[0]]))
+    logger.debug("cv_lambda: %s", info)
+    return correction * lam_cv, info
+
+
+def _cv_info(
+    lam0: float, lam_cv: float, scores: dict[float, float], planes: list[int], units: Any
+) -> dict[str, Any]:
+    """What :func:`cv_lambda` reports next to its λ."""
+    return {
         "rule": "cv",
         "lam_noise": lam0,
         "lam_cv": lam_cv,
         "scores": dict(sorted(scores.items())),
         "reconstructions": len(scores),
         "planes": planes,
-        "units": sampling_units(b.mask[planes[0]]),
+        "units": units,
     }
-    logger.debug("cv_lambda: %s", info)
-    return lam, info
 
 
 def _search(
@@ -493,14 +499,6 @@ def _cv_volume(
         return scores[lam]
 
     lam_cv = _search(score, scores, lam0, step, max_steps)
-    info = {
-        "rule": "cv",
-        "lam_noise": lam0,
-        "lam_cv": lam_cv,
-        "scores": dict(sorted(scores.items())),
-        "reconstructions": len(scores),
-        "planes": list(range(lo, lo + width)),
-        "units": hs[0].units,
-    }
+    info = _cv_info(lam0, lam_cv, scores, list(range(lo, lo + width)), hs[0].units)
     logger.debug("cv_lambda (volume): %s", info)
     return correction * lam_cv, info

@@ -14,11 +14,7 @@ from mrprior.recon.wavelet import (
     wavelet_soft_threshold,
 )
 from tests.operator_checks import check_operator
-
-
-def _cx(shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, dtype=torch.complex64, generator=g)
+from tests.operator_checks import random_complex as _cx
 
 
 @pytest.mark.parametrize(
