@@ -86,7 +86,7 @@ class PriorPicsSettings:
     cg_iterations: int = 5
     lam: float = 1e-4
     support: bool = True
-    views: Literal["planes", "volume", "none"] = "volume"
+    views: Literal["planes", "volume", "none"] = "planes"
     noise_std: float | None = None
     prior: Any = "complex"
     seed: int = 0
@@ -336,7 +336,7 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
     through the network together; each plane is scaled to ``max|x| = 1`` on its own. With
     ``views`` (HQS) the denoiser sees the planes flipped/transposed in turn (``planes``), and
     with ``views: volume`` a whole 3D volume (``problem.volume``) also resliced along its other
-    two axes (:mod:`mrprior.recon.views`); the data consistency runs
+    two axes over the second half of the ladder (:mod:`mrprior.recon.views`); the data consistency runs
     :data:`~mrprior.recon.planes.PLANES_PER_CHUNK` planes at a time."""
     s = parse_settings("prior-pics", settings)
     t0 = time.perf_counter()

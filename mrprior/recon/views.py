@@ -16,15 +16,16 @@ own intensity scale (``max|x| = 1`` per plane, as the data-consistency weight as
 for the whole volume helped brains a little more but cost 0.3–0.7 dB on an abdominal training
 volume.
 
-**When to reslice** (``prior-pics`` setting ``views: volume``, the default; chosen on training
-volumes, benchmarks/RESULTS.md "Stop 17"): the first half of the ladder keeps to the in-plane
-views, the second half cycles the three orientations. Reslicing from the first level gained
-0.4–1.0 dB on training heads at 64 × 128 × 128 but lost 0.2–0.35 dB on an abdominal training
-volume (and, at 48 × 64 × 64, on a held-out thick-slice brain); the high-noise levels, which
+**When to reslice** (``prior-pics`` setting ``views: volume``, opt-in; benchmarks/RESULTS.md
+"Stop 17"): the first half of the ladder keeps to the in-plane views, the second half cycles the
+three orientations. Reslicing from the first level gained 0.4–1.0 dB on training heads at
+64 × 128 × 128 but lost 0.2–0.35 dB on an abdominal training volume; the high-noise levels, which
 remove the undersampling artefacts, work better on the (ky, kz) planes, whose artefacts are
 incoherent within the plane but repeat identically along the readout — in a resliced plane they
-look like structure. Reslicing only the second half (the detail levels) kept 70–90 % of the heads'
-gain and lost at most 0.03 dB on the abdomen.
+look like structure. Reslicing only the second half (the detail levels) kept 70–90 % of the
+heads' gain and lost at most 0.1 dB on the abdomen. It stays opt-in: on the held-out volume
+suite it gained 0.2 dB on one brain and lost 0.5 dB on the other (a proton-density series of
+7 mm slices), which a thick-slice copy of a training head did not reproduce.
 """
 
 from __future__ import annotations
