@@ -348,20 +348,28 @@ def _evaluate_operator(coef: Any, positions: Sequence[Any], n: Sequence[int]) ->
 
     ``positions[a]`` are voxel offsets from the centre along axis ``a`` (period ``n[a]``). One
     small matrix product per axis with the DFT matrix ``E[i, s] = e^{2πi s·pos_i/N}`` (exact;
-    about as cheap as an FFT for ``2k-1`` coefficients and already in voxel-major layout).
+    about as cheap as an FFT for ``2k-1`` coefficients and already in voxel-major layout),
+    the axes taken in the order that keeps the intermediates small; the result may be a
+    non-contiguous view (each ``C × C`` matrix contiguous).
     """
     xp = get_xp(coef)
     d = len(positions)
     c = coef.shape[-1]
-    t = coef.reshape(1, -1)
+    points = [int(p.shape[0]) for p in positions]
+    # the axis with the fewest points per coefficient first: every intermediate then stays
+    # smaller than the result (a chunk of a few readout positions of a 3D grid taken last would
+    # hold all P_z × P_y positions times the readout's coefficients: 11× the chunk)
+    order = sorted(range(d), key=lambda a: points[a] / coef.shape[a])
+    t = xp.ascontiguousarray(xp.moveaxis(coef, order, list(range(d)))).reshape(1, -1)
     prefix = 1
-    for a in range(d):
+    for a in order:
         sa = coef.shape[a]
         freq = xp.arange(sa, dtype=np.float64) - (sa - 1) // 2
         e = xp.exp(2j * np.pi * xp.outer(positions[a], freq) / n[a]).astype(np.complex64)
         t = xp.matmul(e, t.reshape(prefix, sa, -1))  # [prefix, P_a, rest]
-        prefix *= int(e.shape[0])
-    return t.reshape(*(int(p.shape[0]) for p in positions), c, c)
+        prefix *= points[a]
+    t = t.reshape(*(points[a] for a in order), c, c)
+    return xp.moveaxis(t, list(range(d)), order)  # a view in the grid's axis order
 
 
 def _dominant_eigenvectors(w: Any, squarings: int) -> tuple[Any, Any]:
