@@ -349,17 +349,18 @@ def _evaluate_operator(coef: Any, positions: Sequence[Any], n: Sequence[int]) ->
     ``positions[a]`` are voxel offsets from the centre along axis ``a`` (period ``n[a]``). One
     small matrix product per axis with the DFT matrix ``E[i, s] = e^{2πi s·pos_i/N}`` (exact;
     about as cheap as an FFT for ``2k-1`` coefficients and already in voxel-major layout),
-    the axes taken in the order that keeps the intermediates small; the result may be a
-    non-contiguous view (each ``C × C`` matrix contiguous).
+    the readout axis first; the result is a non-contiguous view for ``d > 1`` (each ``C × C``
+    matrix contiguous).
     """
     xp = get_xp(coef)
     d = len(positions)
     c = coef.shape[-1]
     points = [int(p.shape[0]) for p in positions]
-    # the axis with the fewest points per coefficient first: every intermediate then stays
-    # smaller than the result (a chunk of a few readout positions of a 3D grid taken last would
-    # hold all P_z × P_y positions times the readout's coefficients: 11× the chunk)
-    order = sorted(range(d), key=lambda a: points[a] / coef.shape[a])
+    # the readout (last) axis first, whose positions the caller chunks: no intermediate then
+    # exceeds the result (taken last, a few readout positions of a 3D grid would need all
+    # P_z × P_y positions times the readout's 11 coefficients: 11× the chunk), and the order,
+    # hence the rounding, does not depend on the chunk size
+    order = [d - 1, *range(d - 1)]
     t = xp.ascontiguousarray(xp.moveaxis(coef, order, list(range(d)))).reshape(1, -1)
     prefix = 1
     for a in order:

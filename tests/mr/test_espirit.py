@@ -283,13 +283,12 @@ def test_3d_agrees_with_bart_ecalib(bart_phantom_3d):
 
 @pytest.mark.bart
 def test_3d_chunks_and_coarse_grid_match_exact_solve(bart_phantom_3d):
-    """Chunking the readout axis and the coarse grid do not change the 3D maps (beyond float32
-    rounding: the operator's axes are contracted in an order that depends on the chunk)."""
+    """Chunking the readout axis and the coarse grid do not change the 3D maps."""
     k, _ = bart_phantom_3d
     one = espirit(k, calib=12, coarse=16)
     chunked = espirit(k, calib=12, coarse=16, chunk_bytes=32 * 32 * 64 * 8 * 3)  # 3 x per chunk
-    np.testing.assert_allclose(one.maps, chunked.maps, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(one.eigenvalues, chunked.eigenvalues, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(one.maps, chunked.maps)
+    np.testing.assert_array_equal(one.eigenvalues, chunked.eigenvalues)
     exact = espirit(k, calib=12, coarse=32, squarings=10)
     both = (one.eigenvalues > 0.8) & (exact.eigenvalues > 0.8)
     assert both.mean() > 0.4
@@ -342,9 +341,9 @@ def test_3d_recovers_simulated_coil_maps():
 
 
 @pytest.mark.parametrize("points", [(2, 9, 17), (17, 9, 2), (9, 2, 17), (5, 7)])
-def test_operator_evaluation_matches_its_definition_in_any_axis_order(points):
-    """``W(x) = Σ_s coef[s] e^{2πi s·x/N}`` on a grid whose axes have different lengths (the
-    contraction takes them in another order than the grid's) equals the sum written out."""
+def test_operator_evaluation_matches_its_definition(points):
+    """``W(x) = Σ_s coef[s] e^{2πi s·x/N}`` on grids whose axes have different lengths (the
+    contraction takes the readout axis first) equals the sum written out."""
     from mrprior.mr.espirit import _evaluate_operator
 
     rng = np.random.default_rng(3)
