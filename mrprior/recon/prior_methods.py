@@ -45,6 +45,7 @@ from mrprior.recon.planes import (
 )
 from mrprior.recon.pnp import pnp_hqs
 from mrprior.recon.posterior import HQS_UNCERTAINTY_SCALE, hqs_posterior
+from mrprior.recon.prior_kappa import cv_kappa
 from mrprior.recon.prior_pics import max_scale, prior_fista
 from mrprior.recon.problem import ReconProblem, ReconResult, register_method
 from mrprior.recon.views import view_cycle
@@ -82,6 +83,7 @@ class PriorPicsSettings:
     sigma_start: float = 0.1
     sigma_end: float = 0.005
     kappa: float = 0.5
+    kappa_search: Literal["volume", "always", "never"] = "volume"
     mu_min: float = 1e-4
     cg_iterations: int = 5
     lam: float = 1e-4
@@ -343,32 +345,49 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
     _require_csm(problem, "prior-pics")
     planes = _signal_planes(problem, _noise_std(problem, s.noise_std))
     x = planes.fill
+    kappa: float | None = s.kappa if s.solver == "hqs" else None
+    kappa_info: dict[str, Any] = {"kappa_rule": "fixed"} if kappa is not None else {}
     if planes.problem.num_planes:
         p = planes.problem
         prior = resolve_prior(s.prior, problem.device, s.precision)
-        op = plane_operator(p.csm, p.mask)
         support = coil_support(p.csm) if s.support else None
         if s.solver == "hqs":
-            xa = pnp_hqs(
-                op,
-                p.kspace,
-                prior,
-                noise_std=_per_image(planes.noise_std) / math.sqrt(2.0),
-                sigma=(s.sigma_start, s.sigma_end),
-                max_iterations=s.iterations,
-                kappa=s.kappa,
-                mu_min=s.mu_min,
-                cg_iterations=s.cg_iterations,
-                support=support,
-                views=()
-                if s.views == "none"
-                else view_cycle(s.views == "volume" and p.volume is not None, s.iterations),
-                volume_planes=p.volume,
-                plane_chunk=PLANES_PER_CHUNK,
-            )
+            noise = _per_image(planes.noise_std) / math.sqrt(2.0)
+            volume_views = s.views == "volume" and p.volume is not None
+
+            def hqs(rows: list[int] | None, mask: torch.Tensor, kappa: float) -> torch.Tensor:
+                """The HQS ladder on the planes ``rows`` (None: all) from ``mask``'s data."""
+                sel = slice(None) if rows is None else rows
+                return pnp_hqs(
+                    plane_operator(p.csm[sel], mask),
+                    p.kspace[sel],
+                    prior,
+                    noise_std=noise if noise.shape[0] == 1 else noise[sel],
+                    sigma=(s.sigma_start, s.sigma_end),
+                    max_iterations=s.iterations,
+                    kappa=kappa,
+                    mu_min=s.mu_min,
+                    cg_iterations=s.cg_iterations,
+                    support=None if support is None else support[sel],
+                    views=()
+                    if s.views == "none"
+                    else view_cycle(volume_views and rows is None, s.iterations),
+                    volume_planes=p.volume if rows is None else None,
+                    plane_chunk=PLANES_PER_CHUNK,
+                )
+
+            if s.kappa_search == "always" or (s.kappa_search == "volume" and p.volume is not None):
+                t_cv = time.perf_counter()
+                kappa, cv = cv_kappa(p.kspace, p.mask, p.csm, hqs, s.kappa, seed=s.seed)
+                kappa_info = {
+                    "kappa_rule": cv["rule"],
+                    "kappa_tried": len(cv["scores"]),
+                    "kappa_cv_seconds": time.perf_counter() - t_cv,
+                }
+            xa = hqs(None, p.mask, s.kappa if kappa is None else kappa)
         else:
             xa = prior_fista(
-                op,
+                plane_operator(p.csm, p.mask),
                 p.kspace,
                 prior,
                 lam=s.lam,
@@ -382,6 +401,8 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
         info={
             "solver": s.solver,
             "iterations": s.iterations,
+            "kappa_used": kappa,
+            **kappa_info,
             "noise_std": _noise_list(planes),
             "planes_skipped": planes.skipped,
             "seconds": time.perf_counter() - t0,

@@ -283,12 +283,14 @@ def test_3d_agrees_with_bart_ecalib(bart_phantom_3d):
 
 @pytest.mark.bart
 def test_3d_chunks_and_coarse_grid_match_exact_solve(bart_phantom_3d):
-    """Chunking the readout axis and the coarse grid do not change the 3D maps."""
+    """Chunking the readout axis and the coarse grid do not change the 3D maps (to float32
+    rounding: the BLAS kernels a matrix product uses may depend on the chunk's size, so equal
+    sums can differ in the last bits on some CPUs)."""
     k, _ = bart_phantom_3d
     one = espirit(k, calib=12, coarse=16)
     chunked = espirit(k, calib=12, coarse=16, chunk_bytes=32 * 32 * 64 * 8 * 3)  # 3 x per chunk
-    np.testing.assert_array_equal(one.maps, chunked.maps)
-    np.testing.assert_array_equal(one.eigenvalues, chunked.eigenvalues)
+    np.testing.assert_allclose(one.maps, chunked.maps, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(one.eigenvalues, chunked.eigenvalues, rtol=0, atol=1e-5)
     exact = espirit(k, calib=12, coarse=32, squarings=10)
     both = (one.eigenvalues > 0.8) & (exact.eigenvalues > 0.8)
     assert both.mean() > 0.4

@@ -14,14 +14,13 @@ from mrprior.evaluation import complex_image, heldout_names, lambda_sweep, load_
 from mrprior.metrics import psnr
 from mrprior.mr.sampling import poisson_disc, variable_density_lines
 from mrprior.recon.fista import bart_scaling
+from mrprior.recon.kspace_cv import holdout_folds, sampling_units
 from mrprior.recon.l1_lambda import (
     CV_CORRECTION,
     auto_lambda,
     cv_lambda,
     estimate_noise_std,
-    holdout_folds,
     noise_std,
-    sampling_units,
 )
 from mrprior.recon.problem import ReconProblem, get_method
 

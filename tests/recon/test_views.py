@@ -149,7 +149,7 @@ def test_prior_pics_views_setting() -> None:
     mask = torch.rand(n, n, generator=g) < 0.5
     y = plane_operator(csm, mask).forward(_volume(b, n, n))
     run = get_method("prior-pics")
-    base = {"prior": _RowSmoother(), "iterations": 4, "noise_std": 0.01}
+    base = {"prior": _RowSmoother(), "iterations": 4, "noise_std": 0.01, "kappa_search": "never"}
 
     def recon(views: str, volume: bool) -> torch.Tensor:
         vol = torch.ones(b, dtype=torch.bool) if volume else None

@@ -1,0 +1,137 @@
+"""The data weight κ of prior-PICS chosen from the measured k-space (``kappa_search``).
+
+Plug-and-play HQS (:mod:`mrprior.recon.pnp`) weights the data against the denoiser with
+``μ = κ σ_n² / (σ c)²``. One constant κ does not fit every acquisition: how well an encoding
+pins down the image (its conditioning: the pattern, the coils, how much of the field of view the
+object fills) decides how much of the measured noise a small κ lets through. Measured on
+training volumes simulated as the volume suite simulates them (64 × 128 × 128, 12 coils, SNR
+30; ``benchmarks/RESULTS.md``, stop 20), the best κ ranges from about 0.18 (a head, Poisson-disc
+R 7) to 2 and more (an abdomen, both patterns), and a held-out brain with CAIPI 3×2 lost 1.9 dB
+at the shipped 0.5 against κ 1 (stop 19). The measured data tell the right κ without a ground
+truth: k-space cross-validation (:mod:`mrprior.recon.kspace_cv`), as ``l1`` chooses λ:
+
+* a few planes that hold the object take part (:data:`CV_PLANES`, :func:`cv_planes`), each
+  with ``F = 2`` folds that leave 15 % of its sampled positions outside the fully sampled
+  calibration region out (the same positions out of every plane when the planes share a
+  pattern, as the planes of a 3D volume do);
+* each κ tried reconstructs those planes from each fold's data with the method's own settings
+  (the ladder, CG, support; in-plane views, since a subset of planes is no volume to reslice)
+  and scores the importance-weighted prediction of the held-out samples
+  (:func:`~mrprior.recon.kspace_cv.held_out_error`);
+* κ walks from the configured ``kappa`` downhill on a geometric grid (factor √2, at most
+  :data:`MAX_STEPS` steps each way: ``κ₀ / 8 … 8 κ₀``) and is refined by a parabola in
+  ``log κ`` (:func:`~mrprior.recon.kspace_cv.search_log_grid`).
+
+Cost: each κ tried is ``F`` reconstructions of :data:`CV_PLANES` planes; typically 3–5 κ, i.e.
+30–80 plane reconstructions, a fraction of a 3D volume's hundreds of planes (the default
+``kappa_search: volume`` searches only there) but several times a single 2D slice
+(``kappa_search: always`` searches there too).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mrprior.recon.kspace_cv import (
+    CV_FOLDS,
+    CV_FRACTION,
+    NothingToHoldOut,
+    cv_planes,
+    held_out_error,
+    holdout_folds,
+    search_log_grid,
+)
+from mrprior.recon.planes import PlaneSenseOperator
+
+__all__ = ["CV_PLANES", "MAX_STEPS", "STEP", "cv_kappa"]
+
+logger = logging.getLogger(__name__)
+
+#: planes of a batch that take part (spread over the planes that hold the object)
+CV_PLANES: int = 8
+#: factor between consecutive κ of the search
+STEP: float = math.sqrt(2.0)
+#: at most this many steps from the start each way
+MAX_STEPS: int = 6
+
+#: ``solve(rows, mask, kappa)``: the method's reconstruction of the batch's planes ``rows``
+#: (indices) from the k-space positions ``mask`` (``[H, W]`` shared or ``[P, H, W]``) with
+#: data weight ``kappa``: complex ``[P, H, W]``
+Solve = Callable[[list[int], torch.Tensor, float], torch.Tensor]
+
+
+def cv_kappa(
+    kspace: torch.Tensor,
+    mask: torch.Tensor,
+    csm: torch.Tensor,
+    solve: Solve,
+    kappa0: float,
+    *,
+    planes: int = CV_PLANES,
+    folds: int = CV_FOLDS,
+    fraction: float = CV_FRACTION,
+    step: float = STEP,
+    max_steps: int = MAX_STEPS,
+    seed: int = 0,
+) -> tuple[float, dict[str, Any]]:
+    """κ by k-space cross-validation (module docstring).
+
+    Parameters
+    ----------
+    kspace : complex ``[B, C, H, W]`` of a batch of planes (unsampled positions zero).
+    mask : bool ``[H, W]`` (shared) or ``[B, H, W]``.
+    csm : complex ``[B, C, H, W]`` coil maps.
+    solve : the method's reconstruction (:data:`Solve`).
+    kappa0 : start of the search (the configured κ).
+    planes, folds, fraction, step, max_steps, seed : the cross-validation's design.
+
+    Returns
+    -------
+    ``(κ, info)``: ``info`` has the start ``kappa0``, the ``scores`` per κ tried, the
+    ``planes`` that took part and ``rule`` (``cv``, or ``fixed`` when nothing could be held out
+    and ``κ₀`` is returned).
+    """
+    if not kappa0 > 0 or not step > 1:
+        raise ValueError(f"need kappa0 > 0 and step > 1: {kappa0=}, {step=}")
+    m = mask.to(torch.bool)
+    shared = m.ndim == 2
+    rows = cv_planes(kspace * (m if shared else m.unsqueeze(1)), planes)
+    try:
+        if shared:
+            holdouts = [holdout_folds(m, folds, fraction, seed)]
+        else:
+            holdouts = [holdout_folds(m[i], folds, fraction, seed + i) for i in rows]
+    except NothingToHoldOut as exc:  # e.g. fully sampled: nothing to predict, κ₀ stays
+        logger.info("cv_kappa: %s; kappa %g", exc, kappa0)
+        return kappa0, {"rule": "fixed", "kappa0": kappa0, "scores": {}, "planes": rows}
+    dev = kspace.device
+    k, maps = kspace[rows], csm[rows]
+
+    def fold(f: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        keep = torch.stack([h.masks[f] for h in holdouts]).to(dev)
+        held = torch.stack([h.held[f] for h in holdouts]).to(dev)
+        w = torch.stack([h.weight for h in holdouts]).to(dev)
+        return (keep[0], held[0], w[0]) if shared else (keep, held, w)
+
+    fold_data = [fold(f) for f in range(folds)]
+    scores: dict[float, float] = {}
+
+    def score(kappa: float) -> float:
+        if kappa not in scores:
+            total = 0.0
+            for keep, held, w in fold_data:
+                x = solve(rows, keep, kappa)
+                total += held_out_error(PlaneSenseOperator(maps, held), x, k, w)
+            scores[kappa] = total
+            logger.debug("cv_kappa: kappa %.4g -> %.6g", kappa, total)
+        return scores[kappa]
+
+    kappa = search_log_grid(score, scores, kappa0, step, max_steps)
+    info = {"rule": "cv", "kappa0": kappa0, "scores": dict(sorted(scores.items())), "planes": rows}
+    logger.info("cv_kappa: kappa %.3g from %d tried on %d planes", kappa, len(scores), len(rows))
+    return kappa, info
