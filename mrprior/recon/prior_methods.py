@@ -88,7 +88,7 @@ class PriorPicsSettings:
     cg_iterations: int = 5
     lam: float = 1e-4
     support: bool = True
-    views: Literal["planes", "volume", "none"] = "planes"
+    views: Literal["planes", "volume", "none"] = "volume"
     noise_std: float | None = None
     prior: Any = "complex"
     seed: int = 0
@@ -337,9 +337,11 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
     published FISTA with a prior gradient step (``solver: fista``). All planes of a batch go
     through the network together; each plane is scaled to ``max|x| = 1`` on its own. With
     ``views`` (HQS) the denoiser sees the planes flipped/transposed in turn (``planes``), and
-    with ``views: volume`` a whole 3D volume (``problem.volume``) also resliced along its other
-    two axes over the second half of the ladder (:mod:`mrprior.recon.views`); the data consistency runs
-    :data:`~mrprior.recon.planes.PLANES_PER_CHUNK` planes at a time."""
+    with ``views: volume`` (default) a whole 3D volume (``problem.volume``) also resliced along
+    its other two axes over the second half of the ladder (:mod:`mrprior.recon.views`); the data
+    consistency runs :data:`~mrprior.recon.planes.PLANES_PER_CHUNK` planes at a time. The data
+    weight ``kappa`` is cross-validated on the measured k-space of a whole volume
+    (``kappa_search: volume``, :mod:`mrprior.recon.prior_kappa`)."""
     s = parse_settings("prior-pics", settings)
     t0 = time.perf_counter()
     _require_csm(problem, "prior-pics")
