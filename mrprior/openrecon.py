@@ -18,7 +18,9 @@ config         selects this mapping (only ``openrecon``)
 method         ``method``
 prior          ``prior.name`` (prior-* methods)
 strength       × the method's tuned regularization: ``settings.lam`` of ``l1`` (0.01),
-               ``settings.kappa`` of ``prior-pics`` / ``prior-nlinv`` (0.5); unused otherwise
+               ``settings.kappa`` of ``prior-pics`` / ``prior-nlinv`` (0.5); unused otherwise.
+               At 1.0 prior-PICS chooses κ from the data on a 3D volume (``kappa_search``);
+               any other value fixes κ (``settings.kappa_search: never``): the user's choice
 iterations     ``settings.max_iterations`` (sense, l1), ``settings.iterations`` (prior-pics,
                prior-nlinv), ``settings.levels`` (prior-sample); 0 keeps the default
 samples        ``settings.num_samples`` (prior-sample)
@@ -178,6 +180,8 @@ def openrecon_overrides(parameters: dict[str, Any]) -> dict[str, Any]:
     if method in _STRENGTH:
         key, base = _STRENGTH[method]
         out[f"settings.{key}"] = base * values["strength"]
+        if method == "prior-pics" and values["strength"] != 1.0:
+            out["settings.kappa_search"] = "never"  # a chosen strength is not searched away
     if values["iterations"] and method in _ITERATIONS:
         out[f"settings.{_ITERATIONS[method]}"] = values["iterations"]
     if method == "prior-sample":

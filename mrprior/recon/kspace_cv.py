@@ -11,6 +11,7 @@ of planes takes part through a few planes that hold the object (:func:`cv_planes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,14 @@ import torch
 __all__ = [
     "CV_FOLDS",
     "CV_FRACTION",
+    "Fold",
     "HoldOut",
     "NothingToHoldOut",
     "cv_planes",
     "held_out_error",
+    "held_out_score",
     "holdout_folds",
+    "plane_folds",
     "sampling_density",
     "sampling_units",
     "search_log_grid",
@@ -196,3 +200,47 @@ def held_out_error(predict: Any, x: torch.Tensor, k: torch.Tensor, weight: torch
         return ((r.abs() ** 2).sum(dim=1) * w).sum().reshape(1)
 
     return float(map_planes(part, int(k.shape[0]), PLANES_PER_CHUNK).sum())
+
+
+#: one fold of a batch of planes: (positions kept, positions held out, their weights), each
+#: ``[H, W]`` when the planes share one pattern, else ``[P, H, W]``
+Fold = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def plane_folds(
+    masks: torch.Tensor, folds: int, fraction: float, seed: int, device: torch.device | None = None
+) -> list[Fold]:
+    """The hold-out folds of a batch of planes (masks ``[P, H, W]``, or one ``[H, W]``): one
+    draw (:func:`holdout_folds`) for all when every plane has the same pattern — the same
+    positions out of every plane, as for the planes of a 3D volume — else one per plane (seed
+    ``seed + i``). Raises :class:`NothingToHoldOut` as :func:`holdout_folds` does."""
+    m = masks.to(torch.bool)
+    if m.ndim == 2 or bool((m == m[:1]).all()):
+        hs = [holdout_folds(m if m.ndim == 2 else m[0], folds, fraction, seed)]
+    else:
+        hs = [holdout_folds(mi, folds, fraction, seed + i) for i, mi in enumerate(m)]
+
+    def fold(f: int) -> Fold:
+        keep = torch.stack([h.masks[f] for h in hs]).to(device)
+        held = torch.stack([h.held[f] for h in hs]).to(device)
+        w = torch.stack([h.weight for h in hs]).to(device)
+        return (keep[0], held[0], w[0]) if len(hs) == 1 else (keep, held, w)
+
+    return [fold(f) for f in range(folds)]
+
+
+def held_out_score(
+    fold_data: list[Fold],
+    csm: torch.Tensor,
+    kspace: torch.Tensor,
+    reconstruct: Callable[[torch.Tensor], torch.Tensor],
+) -> float:
+    """The weighted held-out error (:func:`held_out_error`) summed over the folds:
+    ``reconstruct(keep)`` is the image ``[P, H, W]`` of the planes (maps ``csm [P, C, H, W]``,
+    k-space ``kspace [P, C, H, W]``) from the fold's kept positions."""
+    from mrprior.recon.planes import PlaneSenseOperator
+
+    return sum(
+        held_out_error(PlaneSenseOperator(csm, held), reconstruct(keep), kspace, w)
+        for keep, held, w in fold_data
+    )

@@ -68,8 +68,9 @@ from mrprior.recon.kspace_cv import (
     CV_FRACTION,
     NothingToHoldOut,
     cv_planes,
-    held_out_error,
+    held_out_score,
     holdout_folds,
+    plane_folds,
     sampling_units,
     search_log_grid,
 )
@@ -298,43 +299,30 @@ def _cv_volume(
     window = vol[lo : lo + width]
     first = int(torch.count_nonzero(vol[:lo]))
     rows = slice(first, first + int(window.sum()))  # the batch's planes in the slab
-    masks = b.mask[rows]
     try:
-        if bool((masks == masks[:1]).all()):  # one pattern: the same lines out of every plane
-            shared = holdout_folds(masks[0], folds, fraction, seed)
-            hs = [shared]
-        else:
-            hs = [holdout_folds(m, folds, fraction, seed) for m in masks]
+        fold_data = plane_folds(b.mask[rows], folds, fraction, seed, b.kspace.device)
     except NothingToHoldOut as exc:
         logger.info("cv_lambda: %s; the noise rule's λ", exc)
         info = {"rule": "noise", "lam_noise": lam0, "lam_cv": None, "scores": {}}
         return lam0, {**info, "reconstructions": 0, "planes": [], "units": None}
-    dev = b.kspace.device
     k, csm = b.kspace[rows], b.csm[rows]
-
-    def fold_masks(f: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        keep = torch.stack([h.masks[f] for h in hs]).to(dev)  # [1 or P, H, W]
-        held = torch.stack([h.held[f] for h in hs]).to(dev)
-        w = torch.stack([h.weight for h in hs]).to(dev)
-        return (keep[0], held[0], w[0]) if len(hs) == 1 else (keep, held, w)
-
-    fold_data = [fold_masks(f) for f in range(folds)]
     scores: dict[float, float] = {}
+
+    def recon(lam: float, keep: torch.Tensor) -> torch.Tensor:
+        A = PlaneSenseOperator(csm, keep)  # its adjoint masks k: no masked copy
+        return l1_wavelet(
+            A, k, lam, max_iterations=max_iterations, seed=seed, wavelet=wavelet, scale=1.0,
+            volume=window, plane_chunk=PLANES_PER_CHUNK,
+        )  # fmt: skip
 
     def score(lam: float) -> float:
         if lam not in scores:
-            total = 0.0
-            for keep, held, w in fold_data:
-                A = PlaneSenseOperator(csm, keep)  # its adjoint masks k: no masked copy
-                x = l1_wavelet(
-                    A, k, lam, max_iterations=max_iterations, seed=seed, wavelet=wavelet,
-                    scale=1.0, volume=window, plane_chunk=PLANES_PER_CHUNK,
-                )  # fmt: skip
-                total += held_out_error(PlaneSenseOperator(csm, held), x, k, w)
-            scores[lam] = total
+            scores[lam] = held_out_score(fold_data, csm, k, lambda keep: recon(lam, keep))
         return scores[lam]
 
     lam_cv = search_log_grid(score, scores, lam0, step, max_steps)
-    info = _cv_info(lam0, lam_cv, scores, list(range(lo, lo + width)), hs[0].units)
+    info = _cv_info(
+        lam0, lam_cv, scores, list(range(lo, lo + width)), sampling_units(b.mask[rows][0])
+    )
     logger.debug("cv_lambda (volume): %s", info)
     return correction * lam_cv, info

@@ -42,11 +42,10 @@ from mrprior.recon.kspace_cv import (
     CV_FRACTION,
     NothingToHoldOut,
     cv_planes,
-    held_out_error,
-    holdout_folds,
+    held_out_score,
+    plane_folds,
     search_log_grid,
 )
-from mrprior.recon.planes import PlaneSenseOperator
 
 __all__ = ["CV_PLANES", "MAX_STEPS", "STEP", "cv_kappa"]
 
@@ -99,36 +98,21 @@ def cv_kappa(
     if not kappa0 > 0 or not step > 1:
         raise ValueError(f"need kappa0 > 0 and step > 1: {kappa0=}, {step=}")
     m = mask.to(torch.bool)
-    shared = m.ndim == 2
-    rows = cv_planes(kspace * (m if shared else m.unsqueeze(1)), planes)
+    rows = cv_planes(kspace * (m if m.ndim == 2 else m.unsqueeze(1)), planes)
     try:
-        if shared:
-            holdouts = [holdout_folds(m, folds, fraction, seed)]
-        else:
-            holdouts = [holdout_folds(m[i], folds, fraction, seed + i) for i in rows]
+        fold_data = plane_folds(m if m.ndim == 2 else m[rows], folds, fraction, seed, kspace.device)
     except NothingToHoldOut as exc:  # e.g. fully sampled: nothing to predict, κ₀ stays
         logger.info("cv_kappa: %s; kappa %g", exc, kappa0)
         return kappa0, {"rule": "fixed", "kappa0": kappa0, "scores": {}, "planes": rows}
-    dev = kspace.device
     k, maps = kspace[rows], csm[rows]
-
-    def fold(f: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        keep = torch.stack([h.masks[f] for h in holdouts]).to(dev)
-        held = torch.stack([h.held[f] for h in holdouts]).to(dev)
-        w = torch.stack([h.weight for h in holdouts]).to(dev)
-        return (keep[0], held[0], w[0]) if shared else (keep, held, w)
-
-    fold_data = [fold(f) for f in range(folds)]
     scores: dict[float, float] = {}
 
     def score(kappa: float) -> float:
         if kappa not in scores:
-            total = 0.0
-            for keep, held, w in fold_data:
-                x = solve(rows, keep, kappa)
-                total += held_out_error(PlaneSenseOperator(maps, held), x, k, w)
-            scores[kappa] = total
-            logger.debug("cv_kappa: kappa %.4g -> %.6g", kappa, total)
+            scores[kappa] = held_out_score(
+                fold_data, maps, k, lambda keep: solve(rows, keep, kappa)
+            )
+            logger.debug("cv_kappa: kappa %.4g -> %.6g", kappa, scores[kappa])
         return scores[kappa]
 
     kappa = search_log_grid(score, scores, kappa0, step, max_steps)

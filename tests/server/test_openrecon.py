@@ -132,6 +132,12 @@ def test_every_parameter_maps_onto_a_setting() -> None:
             overrides=openrecon_overrides({"method": method, pid: defs[pid]["maximum"]})
         )
         assert a.settings.get(key) != b.settings.get(key), pid
+    searched = load_recon_config(overrides=openrecon_overrides({"method": "prior-pics"}))
+    fixed = load_recon_config(
+        overrides=openrecon_overrides({"method": "prior-pics", "strength": 2.0})
+    )
+    assert searched.settings.get("kappa_search") is None  # the default: searched on volumes
+    assert fixed.settings["kappa_search"] == "never" and fixed.settings["kappa"] == 1.0
     unc = openrecon_overrides({"method": "prior-sample", "uncertainty": False})
     assert "uncertainty" not in unc["output.extra_series"]
     assert set(changed) | {"strength", "iterations", "samples", "uncertainty", "config"} == set(
