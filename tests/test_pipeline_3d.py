@@ -287,7 +287,10 @@ def test_preprocess_3d_in_chunks_matches_whole(raw3d):
         pipeline.PREPROCESS_CHUNK = old
     assert whole.prewhitened and whole.oversampling_removed
     assert whole.data.shape == (4, *SHAPE)
-    np.testing.assert_allclose(chunked.data, whole.data, rtol=1e-5, atol=1e-6)
+    # equal to float32 rounding of the data's scale (FFTs of other batch sizes may round
+    # differently: a relative tolerance per element fails on small values near a large one)
+    scale = float(np.abs(whole.data).max())
+    np.testing.assert_allclose(chunked.data, whole.data, rtol=0, atol=1e-5 * scale)
     assert whole.data is not groups[0].data
 
 

@@ -11,7 +11,7 @@ of planes takes part through a few planes that hold the object (:func:`cv_planes
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,17 +208,27 @@ Fold = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def plane_folds(
-    masks: torch.Tensor, folds: int, fraction: float, seed: int, device: torch.device | None = None
+    masks: torch.Tensor,
+    folds: int,
+    fraction: float,
+    seeds: int | Sequence[int],
+    device: torch.device | None = None,
 ) -> list[Fold]:
-    """The hold-out folds of a batch of planes (masks ``[P, H, W]``, or one ``[H, W]``): one
-    draw (:func:`holdout_folds`) for all when every plane has the same pattern — the same
-    positions out of every plane, as for the planes of a 3D volume — else one per plane (seed
-    ``seed + i``). Raises :class:`NothingToHoldOut` as :func:`holdout_folds` does."""
+    """The hold-out folds of a batch of planes (masks ``[P, H, W]``, or one ``[H, W]``).
+
+    ``seeds`` one int: one draw (:func:`holdout_folds`) for all planes, which must then share
+    one pattern — the same positions out of every plane (the readout lines of a 3D k-space,
+    what a reconstruction that couples the planes needs); a sequence: one draw per plane with
+    its own seed. Raises :class:`NothingToHoldOut` as :func:`holdout_folds` does."""
     m = masks.to(torch.bool)
-    if m.ndim == 2 or bool((m == m[:1]).all()):
-        hs = [holdout_folds(m if m.ndim == 2 else m[0], folds, fraction, seed)]
+    if isinstance(seeds, int):
+        if m.ndim == 3 and not bool((m == m[:1]).all()):
+            raise ValueError("one draw for all planes needs one sampling pattern")
+        hs = [holdout_folds(m if m.ndim == 2 else m[0], folds, fraction, seeds)]
     else:
-        hs = [holdout_folds(mi, folds, fraction, seed + i) for i, mi in enumerate(m)]
+        if m.ndim != 3 or len(seeds) != m.shape[0]:
+            raise ValueError(f"one seed per plane: {len(seeds)} seeds, masks {tuple(m.shape)}")
+        hs = [holdout_folds(mi, folds, fraction, si) for mi, si in zip(m, seeds, strict=True)]
 
     def fold(f: int) -> Fold:
         keep = torch.stack([h.masks[f] for h in hs]).to(device)

@@ -299,8 +299,11 @@ def _cv_volume(
     window = vol[lo : lo + width]
     first = int(torch.count_nonzero(vol[:lo]))
     rows = slice(first, first + int(window.sum()))  # the batch's planes in the slab
+    masks = b.mask[rows]
+    one_pattern = bool((masks == masks[:1]).all())  # the same lines out of every plane
     try:
-        fold_data = plane_folds(b.mask[rows], folds, fraction, seed, b.kspace.device)
+        seeds = seed if one_pattern else [seed] * int(masks.shape[0])
+        fold_data = plane_folds(masks, folds, fraction, seeds, b.kspace.device)
     except NothingToHoldOut as exc:
         logger.info("cv_lambda: %s; the noise rule's λ", exc)
         info = {"rule": "noise", "lam_noise": lam0, "lam_cv": None, "scores": {}}
@@ -321,8 +324,6 @@ def _cv_volume(
         return scores[lam]
 
     lam_cv = search_log_grid(score, scores, lam0, step, max_steps)
-    info = _cv_info(
-        lam0, lam_cv, scores, list(range(lo, lo + width)), sampling_units(b.mask[rows][0])
-    )
+    info = _cv_info(lam0, lam_cv, scores, list(range(lo, lo + width)), sampling_units(masks[0]))
     logger.debug("cv_lambda (volume): %s", info)
     return correction * lam_cv, info

@@ -12,8 +12,8 @@ truth: k-space cross-validation (:mod:`mrprior.recon.kspace_cv`), as ``l1`` choo
 
 * a few planes that hold the object take part (:data:`CV_PLANES`, :func:`cv_planes`), each
   with ``F = 2`` folds that leave 15 % of its sampled positions outside the fully sampled
-  calibration region out (the same positions out of every plane when the planes share a
-  pattern, as the planes of a 3D volume do);
+  calibration region out, drawn for each plane on its own (seed + plane index: the planes
+  are reconstructed independently here, so nothing leaks between them);
 * each κ tried reconstructs those planes from each fold's data with the method's own settings
   (the ladder, CG, support; in-plane views, since a subset of planes is no volume to reslice)
   and scores the importance-weighted prediction of the held-out samples
@@ -100,7 +100,11 @@ def cv_kappa(
     m = mask.to(torch.bool)
     rows = cv_planes(kspace * (m if m.ndim == 2 else m.unsqueeze(1)), planes)
     try:
-        fold_data = plane_folds(m if m.ndim == 2 else m[rows], folds, fraction, seed, kspace.device)
+        # independent draws per plane (the planes are reconstructed independently here)
+        seeds = seed if m.ndim == 2 else [seed + i for i in rows]
+        fold_data = plane_folds(
+            m if m.ndim == 2 else m[rows], folds, fraction, seeds, kspace.device
+        )
     except NothingToHoldOut as exc:  # e.g. fully sampled: nothing to predict, κ₀ stays
         logger.info("cv_kappa: %s; kappa %g", exc, kappa0)
         return kappa0, {"rule": "fixed", "kappa0": kappa0, "scores": {}, "planes": rows}
