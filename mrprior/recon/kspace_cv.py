@@ -148,13 +148,25 @@ def holdout_folds(
     return HoldOut(m & ~held, held, weight.to(torch.float32), units)
 
 
-def cv_planes(kspace: torch.Tensor, count: int) -> list[int]:
+def cv_planes(kspace: torch.Tensor, count: int, mask: torch.Tensor | None = None) -> list[int]:
     """Up to ``count`` plane indices of ``kspace [B, C, ky, kx]``: spread evenly over the planes
-    whose k-space energy is at least the median (the planes that hold the object)."""
+    whose k-space energy (at the sampled positions ``mask``, ``[ky, kx]`` or ``[B, ky, kx]``,
+    when given) is at least the median (the planes that hold the object). The energy is
+    summed :data:`~mrprior.recon.planes.PLANES_PER_CHUNK` planes at a time: no masked or
+    squared copy of a whole volume's k-space."""
+    from mrprior.recon.planes import PLANES_PER_CHUNK, map_planes
+
     b = int(kspace.shape[0])
     if b <= count:
         return list(range(b))
-    energy = (kspace.abs() ** 2).sum(dim=(1, 2, 3)).cpu()
+
+    def energy_of(sl: slice) -> torch.Tensor:
+        k = kspace[sl]
+        if mask is not None:
+            k = k * (mask if mask.ndim == 2 else mask[sl].unsqueeze(1))
+        return (k.abs() ** 2).sum(dim=(1, 2, 3))
+
+    energy = map_planes(energy_of, b, PLANES_PER_CHUNK).cpu()
     full = torch.nonzero(energy >= energy.median()).flatten().tolist()
     pos = torch.linspace(0, len(full) - 1, count).round().long().tolist()
     return sorted({full[j] for j in pos})
@@ -165,7 +177,6 @@ def search_log_grid(
 ) -> float:
     """Walk from ``lam0`` downhill on the grid ``lam0 · step^k`` (``score(λ)`` fills
     ``scores``), then refine the best λ by a parabola in log λ through its neighbours."""
-    # walk from the noise rule's λ downhill in steps of ``step``, then fit a parabola in log λ
     score(lam0)
     for direction in (step, 1.0 / step):
         cur = lam0

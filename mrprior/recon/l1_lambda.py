@@ -29,7 +29,8 @@ how well the reconstruction predicts what was left out. Here
   the λ for all the data, calibrated once on training scans (never on the held-out evaluation
   scans; ``benchmarks/bench_l1_lambda.py`` prints the calibration);
 * a batch of planes (a 3D volume) gets one λ, from up to :data:`CV_PLANES` planes spread over
-  the planes that hold the object (:func:`_cv_planes`), their scores summed.
+  the planes that hold the object (:func:`~mrprior.recon.kspace_cv.cv_planes`), their scores
+  summed.
 
 Cost: each λ tried is one FISTA run on ``F × planes`` planes; typically 3–5 λ, i.e. 6–10 times
 one 2D reconstruction (about 2–5 s at 256² and 8–12 coils on one busy CPU core) before the
@@ -213,7 +214,7 @@ def cv_lambda(
             b, lam0, max_iterations, wavelet, seed, folds, fraction, step, correction,
             max_steps, slab,
         )  # fmt: skip
-    planes = cv_planes(b.kspace * b.mask.unsqueeze(1), max_planes)
+    planes = cv_planes(b.kspace, max_planes, b.mask)
     keep, held, weight, ks, csm = [], [], [], [], []
     try:
         holdouts = {i: holdout_folds(b.mask[i], folds, fraction, seed + i) for i in planes}

@@ -98,7 +98,7 @@ def cv_kappa(
     if not kappa0 > 0 or not step > 1:
         raise ValueError(f"need kappa0 > 0 and step > 1: {kappa0=}, {step=}")
     m = mask.to(torch.bool)
-    rows = cv_planes(kspace * (m if m.ndim == 2 else m.unsqueeze(1)), planes)
+    rows = cv_planes(kspace, planes, m)
     try:
         # independent draws per plane (the planes are reconstructed independently here)
         seeds = seed if m.ndim == 2 else [seed + i for i in rows]

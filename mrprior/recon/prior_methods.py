@@ -347,8 +347,8 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
     _require_csm(problem, "prior-pics")
     planes = _signal_planes(problem, _noise_std(problem, s.noise_std))
     x = planes.fill
-    kappa: float | None = s.kappa if s.solver == "hqs" else None
-    kappa_info: dict[str, Any] = {"kappa_rule": "fixed"} if kappa is not None else {}
+    kappa_used: float | None = s.kappa if s.solver == "hqs" else None  # HQS only
+    kappa_info: dict[str, Any] = {"kappa_rule": "fixed"} if s.solver == "hqs" else {}
     if planes.problem.num_planes:
         p = planes.problem
         prior = resolve_prior(s.prior, problem.device, s.precision)
@@ -378,6 +378,7 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
                     plane_chunk=PLANES_PER_CHUNK,
                 )
 
+            kappa = s.kappa
             if s.kappa_search == "always" or (s.kappa_search == "volume" and p.volume is not None):
                 t_cv = time.perf_counter()
                 kappa, cv = cv_kappa(p.kspace, p.mask, p.csm, hqs, s.kappa, seed=s.seed)
@@ -386,7 +387,8 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
                     "kappa_tried": len(cv["scores"]),
                     "kappa_cv_seconds": time.perf_counter() - t_cv,
                 }
-            xa = hqs(None, p.mask, s.kappa if kappa is None else kappa)
+            xa = hqs(None, p.mask, kappa)
+            kappa_used = kappa
         else:
             xa = prior_fista(
                 plane_operator(p.csm, p.mask),
@@ -403,7 +405,7 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
         info={
             "solver": s.solver,
             "iterations": s.iterations,
-            "kappa_used": kappa,
+            "kappa_used": kappa_used,
             **kappa_info,
             "noise_std": _noise_list(planes),
             "planes_skipped": planes.skipped,
