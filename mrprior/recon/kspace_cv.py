@@ -227,15 +227,17 @@ def plane_folds(
 ) -> list[Fold]:
     """The hold-out folds of a batch of planes (masks ``[P, H, W]``, or one ``[H, W]``).
 
-    ``seeds`` one int: one draw (:func:`holdout_folds`) for all planes, which must then share
-    one pattern — the same positions out of every plane (the readout lines of a 3D k-space,
-    what a reconstruction that couples the planes needs); a sequence: one draw per plane with
-    its own seed. Raises :class:`NothingToHoldOut` as :func:`holdout_folds` does."""
+    ``seeds`` one int: when the planes share one pattern, one draw (:func:`holdout_folds`) for
+    all of them — the same positions out of every plane (the readout lines of a 3D k-space,
+    what a reconstruction that couples the planes needs) — else one draw per plane with that
+    seed; a sequence: one draw per plane with its own seed. Raises :class:`NothingToHoldOut` as
+    :func:`holdout_folds` does."""
     m = masks.to(torch.bool)
     if isinstance(seeds, int):
-        if m.ndim == 3 and not bool((m == m[:1]).all()):
-            raise ValueError("one draw for all planes needs one sampling pattern")
-        hs = [holdout_folds(m if m.ndim == 2 else m[0], folds, fraction, seeds)]
+        if m.ndim == 2 or bool((m == m[:1]).all()):
+            hs = [holdout_folds(m if m.ndim == 2 else m[0], folds, fraction, seeds)]
+        else:
+            hs = [holdout_folds(mi, folds, fraction, seeds) for mi in m]
     else:
         if m.ndim != 3 or len(seeds) != m.shape[0]:
             raise ValueError(f"one seed per plane: {len(seeds)} seeds, masks {tuple(m.shape)}")

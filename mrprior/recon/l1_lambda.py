@@ -301,10 +301,8 @@ def _cv_volume(
     first = int(torch.count_nonzero(vol[:lo]))
     rows = slice(first, first + int(window.sum()))  # the batch's planes in the slab
     masks = b.mask[rows]
-    one_pattern = bool((masks == masks[:1]).all())  # the same lines out of every plane
-    try:
-        seeds = seed if one_pattern else [seed] * int(masks.shape[0])
-        fold_data = plane_folds(masks, folds, fraction, seeds, b.kspace.device)
+    try:  # one pattern: the same lines out of every plane
+        fold_data = plane_folds(masks, folds, fraction, seed, b.kspace.device)
     except NothingToHoldOut as exc:
         logger.info("cv_lambda: %s; the noise rule's λ", exc)
         info = {"rule": "noise", "lam_noise": lam0, "lam_cv": None, "scores": {}}

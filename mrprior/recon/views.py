@@ -16,19 +16,19 @@ own intensity scale (``max|x| = 1`` per plane, as the data-consistency weight as
 for the whole volume helped brains a little more but cost 0.3–0.7 dB on an abdominal training
 volume.
 
-**When to reslice** (``prior-pics`` setting ``views: volume``, the default for whole volumes
-since stop 20; benchmarks/RESULTS.md "Stop 17" and "Stop 20"): the first half of the ladder keeps to the in-plane views, the second half cycles the
-three orientations. Reslicing from the first level gained 0.4–1.0 dB on training heads at
-64 × 128 × 128 but lost 0.2–0.35 dB on an abdominal training volume; the high-noise levels, which
-remove the undersampling artefacts, work better on the (ky, kz) planes, whose artefacts are
-incoherent within the plane but repeat identically along the readout — in a resliced plane they
-look like structure. Reslicing only the second half (the detail levels) kept 70–90 % of the
-heads' gain and lost at most 0.1 dB on the abdomen. With the data weight fixed (κ 0.5) it failed
-the held-out gate (+0.2 dB on one brain, −0.5 dB on a proton-density series of 7 mm slices);
-with κ cross-validated per volume (:mod:`mrprior.recon.prior_kappa`) it gains on all six
-training cases (+0.02 to +0.75 dB, mean +0.34) and +0.09 dB on the mean of six held-out cases
-at 96 × 192 × 192 (+0.13 to +0.31 on the 3D-like sources, −0.02 / −0.33 on the thick-slice
-series), and became the default.
+**When to reslice** (``prior-pics`` setting ``views: volume``, the default for whole volumes since
+stop 20; benchmarks/RESULTS.md "Stop 17" and "Stop 20"): the first half of the ladder keeps to the
+in-plane views, the second half cycles the three orientations. Reslicing from the first level
+gained 0.4–1.0 dB on training heads at 64 × 128 × 128 but lost 0.2–0.35 dB on an abdominal training
+volume; the high-noise levels, which remove the undersampling artefacts, work better on the (ky,
+kz) planes, whose artefacts are incoherent within the plane but repeat identically along the
+readout — in a resliced plane they look like structure. Reslicing only the second half (the detail
+levels) kept 70–90 % of the heads' gain and lost at most 0.1 dB on the abdomen. With the data
+weight fixed (κ 0.5) it failed the held-out gate (+0.2 dB on one brain, −0.5 dB on a proton-density
+series of 7 mm slices); with κ cross-validated per volume (:mod:`mrprior.recon.prior_kappa`) it
+gains on all six training cases (+0.02 to +0.75 dB, mean +0.34) and +0.09 dB on the mean of six
+held-out cases at 96 × 192 × 192 (+0.13 to +0.31 on the 3D-like sources, −0.02 / −0.33 on the
+thick-slice series), and became the default.
 """
 
 from __future__ import annotations
