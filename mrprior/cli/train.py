@@ -83,12 +83,14 @@ def run_train(args: argparse.Namespace) -> int:
     prefix = f"torchrun --nproc_per_node {world} -m " if world > 1 else ""
     command = prefix + " ".join(shlex.quote(a) for a in parts)
     summary = train(cfg, resume=args.resume, command=command)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # the other ranks of a torchrun job neither validate nor write: rank 0 reports
     print(
         f"step {summary['step']} ({summary['total_steps']} in total), "
         f"images seen {summary['images_seen']} ({summary['total_images_seen']} in total), "
         f"validation loss {summary['val_loss']:.5f}, checkpoint {summary['checkpoint']}"
     )
-    if args.export and int(os.environ.get("RANK", "0")) == 0:
+    if args.export:
         from mrprior.priors.cards import export_prior
 
         card = export_prior(summary["checkpoint"], args.export, name=cfg.name)

@@ -126,6 +126,8 @@ def test_ddp_two_gloo_processes(tiny_dataset: Path, tmp_path: Path) -> None:
     ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # one summary, rank 0's (the other rank never validates: its loss would be stale)
+    assert res.stdout.count("validation loss") == 1, res.stdout
     ck = load_checkpoint(tmp_path / "ddp")
     assert ck["world_size"] == 2 and ck["step"] == 3
     assert ck["images_seen"] == 3 * 2 * 2  # steps × ranks × per-rank batch
