@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 #: user set neither ``OMP_WAIT_POLICY`` nor ``GOMP_SPINCOUNT`` (libgomp's default spins ≈ 30× longer).
 #: A spinning thread holds a core that other processes need: on the 2-core machine beside two busy
 #: loops, ℓ1's many small operations ran 22× slower (the demo's ℓ1 74 s instead of 3.3 s); with
-#: this spin count 7.6 s, at a cost of 3–8 % on a quiet machine (benchmarks/RESULTS.md, stop 21).
+#: this spin count 4.6–7.6 s, at a cost of ≈ 0.3 s of ℓ1's 2.2 s on a quiet machine and nothing
+#: measurable on prior-PICS (benchmarks/RESULTS.md, stop 21).
 #: Takes effect when ``mrprior`` is imported before torch, as in every entry point of the package.
 OMP_SPIN_COUNT = "10000"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 
 
@@ -68,7 +67,7 @@ def _parse_sets(items: list[str]) -> dict[str, str]:
 
 def run_train(args: argparse.Namespace) -> int:
     from mrprior.config import apply_overrides, load_yaml
-    from mrprior.priors.training import TrainConfig, train
+    from mrprior.priors.training import TrainConfig, dist_info, train
 
     cfg = load_yaml(TrainConfig, args.config)
     if args.set:
@@ -79,11 +78,11 @@ def run_train(args: argparse.Namespace) -> int:
     parts += ["--init-from", args.init_from] if args.init_from else []
     parts += [f"--set={item}" for item in args.set]
     parts += ["--export", args.export] if args.export else []
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world, _ = dist_info()
     prefix = f"torchrun --nproc_per_node {world} -m " if world > 1 else ""
     command = prefix + " ".join(shlex.quote(a) for a in parts)
     summary = train(cfg, resume=args.resume, command=command)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if rank != 0:
         return 0  # the other ranks of a torchrun job neither validate nor write: rank 0 reports
     print(
         f"step {summary['step']} ({summary['total_steps']} in total), "

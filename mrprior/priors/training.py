@@ -221,7 +221,7 @@ def warm_start(init_from: str, model_cfg: UNetConfig) -> tuple[dict[str, torch.T
     return state, parent
 
 
-def _dist_info() -> tuple[int, int, int]:
+def dist_info() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -293,7 +293,7 @@ def train(
     max_steps
         stop at this step instead of ``cfg.max_steps`` (tests; the stream is unchanged).
     """
-    rank, world, local_rank = _dist_info()
+    rank, world, local_rank = dist_info()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
