@@ -18,7 +18,8 @@ config         selects this mapping (only ``openrecon``)
 method         ``method``
 prior          ``prior.name`` (prior-* methods)
 strength       × the method's tuned regularization: ``settings.lam`` of ``l1`` (0.01),
-               ``settings.kappa`` of ``prior-pics`` / ``prior-nlinv`` (0.5); unused otherwise.
+               ``settings.kappa`` of ``prior-pics`` (0.35) / ``prior-nlinv`` (0.5); unused
+               otherwise.
                At 1.0 prior-PICS chooses κ from the data on a 3D volume (``kappa_search``);
                any other value fixes κ (``settings.kappa_search: never``): the user's choice
 iterations     ``settings.max_iterations`` (sense, l1), ``settings.iterations`` (prior-pics,
@@ -59,8 +60,9 @@ CONFIG_NAME = "openrecon"
 #: Docker label key that carries the base64 of the label JSON.
 LABEL_KEY = "com.siemens-healthineers.magneticresonance.openrecon.metadata:1.1.0"
 
-#: Tuned regularization each method's ``strength = 1`` stands for: (setting, value).
-_STRENGTH = {"l1": ("lam", 0.01), "prior-pics": ("kappa", 0.5), "prior-nlinv": ("kappa", 0.5)}
+#: Tuned regularization each method's ``strength = 1`` stands for: (setting, value); ``None``:
+#: the shipped default of ``mrprior/configs/prior_methods.yaml``.
+_STRENGTH = {"l1": ("lam", 0.01), "prior-pics": ("kappa", None), "prior-nlinv": ("kappa", None)}
 #: The setting ``iterations`` sets, per method.
 _ITERATIONS = {
     "sense": "max_iterations",
@@ -179,6 +181,10 @@ def openrecon_overrides(parameters: dict[str, Any]) -> dict[str, Any]:
     out["output.extra_series"] = extra
     if method in _STRENGTH:
         key, base = _STRENGTH[method]
+        if base is None:
+            from mrprior.recon.prior_methods import default_settings  # torch: only when needed
+
+            base = float(default_settings()[method][key])
         out[f"settings.{key}"] = base * values["strength"]
         if method == "prior-pics" and values["strength"] != 1.0:
             out["settings.kappa_search"] = "never"  # a chosen strength is not searched away

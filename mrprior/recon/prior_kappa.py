@@ -19,8 +19,9 @@ truth: k-space cross-validation (:mod:`mrprior.recon.kspace_cv`), as ``l1`` choo
   and scores the importance-weighted prediction of the held-out samples
   (:func:`~mrprior.recon.kspace_cv.held_out_error`);
 * κ walks from the configured ``kappa`` downhill on a geometric grid (factor √2, at most
-  :data:`MAX_STEPS` steps each way: ``κ₀ / 8 … 8 κ₀``) and is refined by a parabola in
-  ``log κ`` (:func:`~mrprior.recon.kspace_cv.search_log_grid`).
+  :data:`MAX_STEPS` steps each way: ``κ₀ / 11.3 … 11.3 κ₀``, from the default 0.35: 0.031 …
+  3.96) and is refined by a parabola in ``log κ``
+  (:func:`~mrprior.recon.kspace_cv.search_log_grid`).
 
 Cost: each κ tried is ``F`` reconstructions of :data:`CV_PLANES` planes; typically 3–5 κ, i.e.
 30–80 plane reconstructions, a fraction of a 3D volume's hundreds of planes (the default
@@ -56,7 +57,7 @@ CV_PLANES: int = 8
 #: factor between consecutive κ of the search
 STEP: float = math.sqrt(2.0)
 #: at most this many steps from the start each way
-MAX_STEPS: int = 6
+MAX_STEPS: int = 7
 
 #: ``solve(rows, mask, kappa)``: the method's reconstruction of the batch's planes ``rows``
 #: (indices) from the k-space positions ``mask`` (``[H, W]`` shared or ``[P, H, W]``) with

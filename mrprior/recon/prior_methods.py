@@ -82,7 +82,7 @@ class PriorPicsSettings:
     iterations: int = 20
     sigma_start: float = 0.1
     sigma_end: float = 0.005
-    kappa: float = 0.5
+    kappa: float = 0.35
     kappa_search: Literal["volume", "always", "never"] = "volume"
     mu_min: float = 1e-4
     cg_iterations: int = 5

@@ -10,6 +10,7 @@ import torch
 from mrprior.priors.base import ScorePrior
 from mrprior.recon.planes import plane_operator
 from mrprior.recon.prior_kappa import cv_kappa
+from mrprior.recon.prior_methods import PriorPicsSettings
 from mrprior.recon.problem import ReconProblem, get_method
 
 
@@ -120,7 +121,10 @@ def test_prior_pics_searches_kappa_on_volumes_and_uses_it() -> None:
     assert torch.equal(same.image, vol.image)
     assert same.info["kappa_rule"] == "fixed"
     planes = run(_problem(0.05, volume=False), base)
-    assert planes.info["kappa_rule"] == "fixed" and planes.info["kappa_used"] == 0.5
+    assert (
+        planes.info["kappa_rule"] == "fixed"
+        and planes.info["kappa_used"] == PriorPicsSettings().kappa
+    )
     always = run(_problem(0.05, volume=False), {**base, "kappa_search": "always"})
     assert always.info["kappa_rule"] == "cv"
     assert always.info["kappa_used"] == pytest.approx(vol.info["kappa_used"])

@@ -205,4 +205,6 @@ def test_shipped_defaults_cover_every_setting(method):
     yaml_keys = set(default_settings()[method])
     fields = {f.name for f in dataclasses.fields(_SETTINGS[method])} - {"prior", "seed"}
     assert yaml_keys == fields
+    defaults = _SETTINGS[method]()  # the dataclass's own defaults agree with the file
+    assert {k: getattr(defaults, k) for k in yaml_keys} == default_settings()[method]
     parse_settings(method, {})

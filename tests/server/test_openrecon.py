@@ -15,6 +15,7 @@ import pytest
 
 from mrprior.openrecon import LABEL_KEY, label, label_parameters, openrecon_overrides
 from mrprior.pipeline import load_recon_config
+from mrprior.recon.prior_methods import default_settings
 from mrprior.server import MRDServer
 from tests.gadget.rawdata import RawCase, first_slice
 from tests.server.fire_client import FireClient, FireResult
@@ -137,7 +138,9 @@ def test_every_parameter_maps_onto_a_setting() -> None:
         overrides=openrecon_overrides({"method": "prior-pics", "strength": 2.0})
     )
     assert searched.settings.get("kappa_search") is None  # the default: searched on volumes
-    assert fixed.settings["kappa_search"] == "never" and fixed.settings["kappa"] == 1.0
+    assert fixed.settings["kappa_search"] == "never" and fixed.settings["kappa"] == pytest.approx(
+        2.0 * default_settings()["prior-pics"]["kappa"]
+    )
     unc = openrecon_overrides({"method": "prior-sample", "uncertainty": False})
     assert "uncertainty" not in unc["output.extra_series"]
     assert set(changed) | {"strength", "iterations", "samples", "uncertainty", "config"} == set(
