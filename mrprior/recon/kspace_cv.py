@@ -25,8 +25,11 @@ __all__ = [
     "NothingToHoldOut",
     "cv_planes",
     "held_out_error",
+    "held_out_errors",
+    "held_out_parts",
     "held_out_score",
     "holdout_folds",
+    "is_regular_lattice",
     "plane_folds",
     "sampling_density",
     "sampling_units",
@@ -90,6 +93,30 @@ def sampling_density(mask: torch.Tensor, units: str, width: int | None = None) -
     pad = (kx // 2, kx // 2, ky // 2, ky // 2)
     m = torch.nn.functional.pad(m, pad, mode="replicate")
     return torch.nn.functional.avg_pool2d(m, (ky, kx), stride=1)[0, 0]
+
+
+def is_regular_lattice(mask: torch.Tensor, max_period: int = 8) -> bool:
+    """Whether ``mask [ky, kx]`` samples a regular lattice outside its fully sampled
+    calibration region (uniform or CAIPI undersampling; not Poisson-disc or variable-density
+    lines): along each axis some shift of at most ``max_period`` maps the pattern onto itself
+    (at least 99 % of the positions away from the calibration region agree with the one
+    ``period`` further on, a local density (:func:`sampling_density`) below 0.5 marking them),
+    and that region is undersampled."""
+    m = mask.to(torch.bool)
+    outside = sampling_density(m, "points") < 0.5
+    if int(outside.sum()) == 0 or float(m[outside].float().mean()) > 0.9:
+        return False
+
+    def periodic(dim: int) -> bool:
+        n = int(m.shape[dim])
+        for period in range(1, min(max_period, n - 1) + 1):
+            a, b = m.narrow(dim, 0, n - period), m.narrow(dim, period, n - period)
+            both = outside.narrow(dim, 0, n - period) & outside.narrow(dim, period, n - period)
+            if int(both.sum()) and float((a == b)[both].float().mean()) >= 0.99:
+                return True
+        return False
+
+    return periodic(0) and periodic(1)
 
 
 def holdout_folds(
@@ -197,8 +224,10 @@ def search_log_grid(
     return lam_cv
 
 
-def held_out_error(predict: Any, x: torch.Tensor, k: torch.Tensor, weight: torch.Tensor) -> float:
-    """``Σ weight · |P x - k|²`` over the held-out positions of ``predict`` (a
+def held_out_errors(
+    predict: Any, x: torch.Tensor, k: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """``Σ weight · |P x - k|²`` per plane (``[B]``) over the held-out positions of ``predict`` (a
     :class:`~mrprior.recon.planes.PlaneSenseOperator` masked to them) and all coils, on
     :data:`~mrprior.recon.planes.PLANES_PER_CHUNK` planes at a time; ``weight`` ``[H, W]`` or
     one per plane ``[B, H, W]``."""
@@ -208,9 +237,14 @@ def held_out_error(predict: Any, x: torch.Tensor, k: torch.Tensor, weight: torch
         op = predict.select(sl)
         r = op.forward(x[sl]) - k[sl] * op.mask
         w = weight if weight.ndim == 2 else weight[sl]
-        return ((r.abs() ** 2).sum(dim=1) * w).sum().reshape(1)
+        return ((r.abs() ** 2).sum(dim=1) * w).sum(dim=(-2, -1)).reshape(-1)
 
-    return float(map_planes(part, int(k.shape[0]), PLANES_PER_CHUNK).sum())
+    return map_planes(part, int(k.shape[0]), PLANES_PER_CHUNK)
+
+
+def held_out_error(predict: Any, x: torch.Tensor, k: torch.Tensor, weight: torch.Tensor) -> float:
+    """The sum over the planes of :func:`held_out_errors`."""
+    return float(held_out_errors(predict, x, k, weight).sum())
 
 
 #: one fold of a batch of planes: (positions kept, positions held out, their weights), each
@@ -252,18 +286,30 @@ def plane_folds(
     return [fold(f) for f in range(folds)]
 
 
+def held_out_parts(
+    fold_data: list[Fold],
+    csm: torch.Tensor,
+    kspace: torch.Tensor,
+    reconstruct: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The weighted held-out error of each fold and plane (:func:`held_out_errors`), ``[F, P]``:
+    ``reconstruct(keep)`` is the image ``[P, H, W]`` of the planes (maps ``csm [P, C, H, W]``,
+    k-space ``kspace [P, C, H, W]``) from the fold's kept positions."""
+    from mrprior.recon.planes import PlaneSenseOperator
+
+    return torch.stack(
+        [
+            held_out_errors(PlaneSenseOperator(csm, held), reconstruct(keep), kspace, w)
+            for keep, held, w in fold_data
+        ]
+    )
+
+
 def held_out_score(
     fold_data: list[Fold],
     csm: torch.Tensor,
     kspace: torch.Tensor,
     reconstruct: Callable[[torch.Tensor], torch.Tensor],
 ) -> float:
-    """The weighted held-out error (:func:`held_out_error`) summed over the folds:
-    ``reconstruct(keep)`` is the image ``[P, H, W]`` of the planes (maps ``csm [P, C, H, W]``,
-    k-space ``kspace [P, C, H, W]``) from the fold's kept positions."""
-    from mrprior.recon.planes import PlaneSenseOperator
-
-    return sum(
-        held_out_error(PlaneSenseOperator(csm, held), reconstruct(keep), kspace, w)
-        for keep, held, w in fold_data
-    )
+    """The weighted held-out error summed over the folds and planes (:func:`held_out_parts`)."""
+    return float(held_out_parts(fold_data, csm, kspace, reconstruct).sum())

@@ -84,6 +84,7 @@ class PriorPicsSettings:
     sigma_end: float = 0.005
     kappa: float = 0.35
     kappa_search: Literal["volume", "always", "never"] = "volume"
+    kappa_se: float = 1.0
     mu_min: float = 1e-4
     cg_iterations: int = 5
     lam: float = 1e-4
@@ -97,7 +98,7 @@ class PriorPicsSettings:
     def validate(self) -> None:
         _positive(self, "iterations", "kappa", "cg_iterations", "lam", "noise_std")
         _check_sigmas(self)
-        _nonnegative(self, "mu_min")
+        _nonnegative(self, "mu_min", "kappa_se")
 
 
 @dataclass
@@ -381,10 +382,13 @@ def prior_pics_method(problem: ReconProblem, settings: dict[str, Any]) -> ReconR
             kappa = s.kappa
             if s.kappa_search == "always" or (s.kappa_search == "volume" and p.volume is not None):
                 t_cv = time.perf_counter()
-                kappa, cv = cv_kappa(p.kspace, p.mask, p.csm, hqs, s.kappa, seed=s.seed)
+                kappa, cv = cv_kappa(
+                    p.kspace, p.mask, p.csm, hqs, s.kappa, seed=s.seed, standard_errors=s.kappa_se
+                )
                 kappa_info = {
                     "kappa_rule": cv["rule"],
                     "kappa_tried": len(cv["scores"]),
+                    "kappa_min": cv.get("kappa_min"),
                     "kappa_cv_seconds": time.perf_counter() - t_cv,
                 }
             xa = hqs(None, p.mask, kappa)

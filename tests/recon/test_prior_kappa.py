@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from mrprior.priors.base import ScorePrior
+from mrprior.recon.kspace_cv import is_regular_lattice
 from mrprior.recon.planes import plane_operator
-from mrprior.recon.prior_kappa import cv_kappa
+from mrprior.recon.prior_kappa import cv_kappa, within_standard_errors
 from mrprior.recon.prior_methods import PriorPicsSettings
 from mrprior.recon.problem import ReconProblem, get_method
 
@@ -83,6 +84,61 @@ def test_cv_kappa_finds_the_minimum_of_the_held_out_error(shared: bool) -> None:
     assert len(seen) == 2 * len(info["scores"])  # two folds per κ tried
 
 
+def test_within_standard_errors_takes_the_largest_kappa_under_the_threshold() -> None:
+    """Parts ``[2, 4]`` per κ on the grid 0.5·√2^k: the lowest total is at κ 1; its parts have
+    std 2 (total's standard error 2·√8 = 5.657); the totals rise by 2, 4, 8 per step above it,
+    so one standard error is crossed between κ 2 (total +6) and 2√2 (+14), interpolated in
+    log κ; half a standard error between √2 (+2) and 2 (+6); with a wall at ``upper`` the walk
+    stops there."""
+    step = math.sqrt(2.0)
+    base = torch.tensor([[8.0, 12.0, 8.0, 12.0], [8.0, 12.0, 8.0, 12.0]])  # std 2.138
+    rise = {0.5: 4.0, 0.5 * step: 1.0, 1.0: 0.0, step: 2.0, 2.0: 6.0, 2.0 * step: 14.0, 4.0: 30.0}
+    parts = {k: base + r / base.numel() for k, r in rise.items() if k <= 1.0}
+    calls = []
+
+    def score(kappa: float) -> float:
+        key = min(rise, key=lambda v: abs(math.log(v / kappa)))
+        calls.append(key)
+        parts.setdefault(key, base + rise[key] / base.numel())
+        return float(parts[key].sum())
+
+    se = math.sqrt(8) * float(base.flatten().std())
+    one = within_standard_errors(score, parts, step, 100.0, 1.0)
+    t = (se - 6.0) / (14.0 - 6.0)
+    assert one == pytest.approx(2.0 * step**t)
+    half = within_standard_errors(score, parts, step, 100.0, 0.5)
+    assert half == pytest.approx(step * step ** ((0.5 * se - 2.0) / 4.0))
+    assert within_standard_errors(score, parts, step, 1.5, 1.0) == pytest.approx(step)
+    assert 4.0 not in calls  # the walk stops at the first score over the threshold
+
+
+def test_cv_kappa_with_standard_errors_moves_up_from_the_minimum() -> None:
+    """The same parabola as above on a regular lattice (every second position both ways, a
+    fully sampled centre): with ``standard_errors`` the κ returned is above the score's
+    minimum (reported as ``kappa_min``); random sampling keeps the minimum."""
+    d = _planes(n=32)
+    lattice = torch.zeros(32, 32, dtype=torch.bool)
+    lattice[::2, ::2] = True
+    lattice[12:20, 12:20] = True
+    assert is_regular_lattice(lattice) and not is_regular_lattice(d["mask"])
+    k = plane_operator(d["csm"], lattice).forward(d["x"])
+    g = torch.Generator().manual_seed(1)
+    e = torch.complex(
+        torch.randn(d["x"].shape, generator=g), torch.randn(d["x"].shape, generator=g)
+    )
+
+    def solve(rows: list[int], keep: torch.Tensor, kappa: float) -> torch.Tensor:
+        return d["x"][rows] + (math.log(kappa) - math.log(1.3)) * e[rows]
+
+    k0, info0 = cv_kappa(k, lattice, d["csm"], solve, 0.5, planes=4)
+    k1, info1 = cv_kappa(k, lattice, d["csm"], solve, 0.5, planes=4, standard_errors=1.0)
+    assert info1["kappa_min"] == pytest.approx(k0) and info0["kappa_min"] == pytest.approx(k0)
+    assert info1["lattice"] and k1 > 1.05 * k0
+    kr = plane_operator(d["csm"], d["mask"]).forward(d["x"])
+    k2, info2 = cv_kappa(kr, d["mask"], d["csm"], solve, 0.5, planes=4, standard_errors=1.0)
+    assert not info2["lattice"] and k2 == info2["kappa_min"]
+
+
 def test_cv_kappa_without_anything_to_hold_out_keeps_the_start() -> None:
     d = _planes(b=2)
     full = torch.ones_like(d["mask"])
@@ -142,3 +198,16 @@ def test_kappa_search_setting_is_validated() -> None:
         get_method("prior-pics")(
             _problem(0.05, True), {"prior": _Smoother(), "kappa_search": "sometimes"}
         )
+
+
+def test_is_regular_lattice_tells_lattices_from_random_sampling() -> None:
+    """Uniform and CAIPI undersampling (with a calibration region) are lattices; Poisson-disc,
+    variable-density lines and full sampling are not."""
+    from mrprior.mr.sampling import make_mask
+
+    def lat(kind: str, accel: float | tuple[int, int]) -> bool:
+        return is_regular_lattice(torch.from_numpy(make_mask(kind, (96, 128), accel, 16).mask))
+
+    assert lat("caipi", (3, 2)) and lat("uniform", (2, 2)) and lat("uniform", 3)
+    assert not lat("poisson", 5) and not lat("lines", 4)
+    assert not is_regular_lattice(torch.ones(32, 32, dtype=torch.bool))
