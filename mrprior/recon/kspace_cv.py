@@ -3,7 +3,7 @@
 :mod:`mrprior.recon.prior_kappa`).
 
 Leave part of the sampled k-space out (:func:`holdout_folds`), reconstruct from the rest, and
-score how well the reconstruction predicts what was left out (:func:`held_out_error`), weighted
+score how well the reconstruction predicts what was left out (:func:`held_out_errors`), weighted
 by ``(1 − p) / p`` of the local sampling density ``p`` so that the sum estimates the error where
 k-space is missing; search the parameter on a geometric grid (:func:`search_log_grid`). A batch
 of planes takes part through a few planes that hold the object (:func:`cv_planes`).
@@ -24,7 +24,6 @@ __all__ = [
     "HoldOut",
     "NothingToHoldOut",
     "cv_planes",
-    "held_out_error",
     "held_out_errors",
     "held_out_parts",
     "held_out_score",
@@ -240,11 +239,6 @@ def held_out_errors(
         return ((r.abs() ** 2).sum(dim=1) * w).sum(dim=(-2, -1)).reshape(-1)
 
     return map_planes(part, int(k.shape[0]), PLANES_PER_CHUNK)
-
-
-def held_out_error(predict: Any, x: torch.Tensor, k: torch.Tensor, weight: torch.Tensor) -> float:
-    """The sum over the planes of :func:`held_out_errors`."""
-    return float(held_out_errors(predict, x, k, weight).sum())
 
 
 #: one fold of a batch of planes: (positions kept, positions held out, their weights), each

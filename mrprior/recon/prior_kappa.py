@@ -17,7 +17,7 @@ truth: k-space cross-validation (:mod:`mrprior.recon.kspace_cv`), as ``l1`` choo
 * each κ tried reconstructs those planes from each fold's data with the method's own settings
   (the ladder, CG, support; in-plane views, since a subset of planes is no volume to reslice)
   and scores the importance-weighted prediction of the held-out samples
-  (:func:`~mrprior.recon.kspace_cv.held_out_error`);
+  (:func:`~mrprior.recon.kspace_cv.held_out_errors`);
 * κ walks from the configured ``kappa`` downhill on a geometric grid (factor √2, at most
   :data:`MAX_STEPS` steps each way: ``κ₀ / 11.3 … 11.3 κ₀``, from the default 0.35: 0.031 …
   3.96) and is refined by a parabola in ``log κ``

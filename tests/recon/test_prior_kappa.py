@@ -86,10 +86,10 @@ def test_cv_kappa_finds_the_minimum_of_the_held_out_error(shared: bool) -> None:
 
 def test_within_standard_errors_takes_the_largest_kappa_under_the_threshold() -> None:
     """Parts ``[2, 4]`` per κ on the grid 0.5·√2^k: the lowest total is at κ 1; its parts have
-    std 2 (total's standard error 2·√8 = 5.657); the totals rise by 2, 4, 8 per step above it,
-    so one standard error is crossed between κ 2 (total +6) and 2√2 (+14), interpolated in
-    log κ; half a standard error between √2 (+2) and 2 (+6); with a wall at ``upper`` the walk
-    stops there."""
+    std 2.138 (total's standard error 2.138·√8 = 6.05); the totals rise by 2, 4, 8 per step
+    above it, so one standard error is crossed between κ 2 (total +6) and 2√2 (+14),
+    interpolated in log κ; half a standard error between √2 (+2) and 2 (+6); with a wall at
+    ``upper`` the walk stops there."""
     step = math.sqrt(2.0)
     base = torch.tensor([[8.0, 12.0, 8.0, 12.0], [8.0, 12.0, 8.0, 12.0]])  # std 2.138
     rise = {0.5: 4.0, 0.5 * step: 1.0, 1.0: 0.0, step: 2.0, 2.0: 6.0, 2.0 * step: 14.0, 4.0: 30.0}
